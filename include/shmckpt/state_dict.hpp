@@ -1,0 +1,212 @@
+// shmckpt/state_dict.hpp — the value tree a trainer checkpoints.
+//
+// A state dict is a `dict`: string keys in insertion order mapping to `value`s. A value is one
+// of none, bool, int64, double, string, list, dict or tensor, nested to any depth.
+//
+// A `tensor` is a dtype, a shape and a contiguous, row-major byte range. Like a framework tensor
+// it has reference semantics: copying a tensor (or a value or dict holding one) copies the view,
+// not the bytes, and both copies see the same memory. Who keeps that memory alive is the
+// tensor's `owner` (a type-erased shared_ptr): memory allocated by shmckpt (private buffers,
+// shared-segment buffers, mapped checkpoint files) is released when the last tensor referring
+// to it goes away; a tensor built over the caller's own memory with no owner is only valid while
+// the caller keeps that memory alive.
+//
+// Where the bytes live decides what a checkpoint costs: bytes inside the checkpoint process's
+// shared segment are handed to the child zero-copy; bytes anywhere else are copied into the
+// segment first (see checkpoint_process.hpp).
+//
+// Thread safety: like standard containers — concurrent reads are safe, a write needs exclusive
+// access. Tensor bytes are not synchronised at all; the owner of the training loop decides when
+// they may change.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "shmckpt/dtype.hpp"
+
+namespace shmckpt {
+
+class value;
+
+/// The "no value" value (Python's None).
+struct none_t {
+  friend bool operator==(none_t, none_t) noexcept { return true; }
+};
+inline constexpr none_t none{};
+
+using list = std::vector<value>;
+
+class tensor {
+ public:
+  /// An empty F32 tensor of shape [0].
+  tensor();
+
+  /// A view over `data`, which must hold exactly tensor_nbytes(type, shape) bytes. `owner`, if
+  /// given, keeps the memory alive for as long as any copy of this tensor exists.
+  /// Throws error(invalid_argument) when the size does not match the dtype and shape.
+  tensor(dtype type, std::vector<std::int64_t> shape, std::span<std::byte> data,
+         std::shared_ptr<const void> owner = {});
+
+  /// A new tensor with its own zero-filled private memory.
+  static tensor zeros(dtype type, std::vector<std::int64_t> shape);
+
+  /// A new tensor with its own private memory holding a copy of `src` (same size rule).
+  static tensor copy_of(dtype type, std::vector<std::int64_t> shape,
+                        std::span<const std::byte> src);
+
+  /// A deep copy into new private memory.
+  tensor clone() const;
+
+  dtype type() const noexcept { return type_; }
+  const std::vector<std::int64_t>& shape() const noexcept { return shape_; }
+  /// Product of the shape (1 for a scalar of shape []).
+  std::int64_t numel() const noexcept;
+  std::size_t nbytes() const noexcept { return size_; }
+  /// The bytes, mutable: tensors share memory like framework tensors do.
+  std::span<std::byte> bytes() const noexcept { return {data_, size_}; }
+  std::byte* data() const noexcept { return data_; }
+  /// The elements as T; throws error(invalid_argument) unless sizeof(T) × 8 equals the dtype's
+  /// bit size (e.g. data_as<float>() on F32, data_as<std::uint16_t>() on BF16).
+  template <class T>
+  std::span<T> data_as() const {
+    check_element_size(sizeof(T));
+    return {reinterpret_cast<T*>(data_), size_ / sizeof(T)};
+  }
+  const std::shared_ptr<const void>& owner() const noexcept { return owner_; }
+
+ private:
+  void check_element_size(std::size_t bytes) const;
+
+  dtype type_;
+  std::vector<std::int64_t> shape_;
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::shared_ptr<const void> owner_;
+};
+
+/// Same dtype, same shape and identical bytes.
+bool operator==(const tensor& a, const tensor& b) noexcept;
+
+/// An ordered string-keyed map. Iteration follows insertion order; lookups are O(1).
+class dict {
+ public:
+  using item = std::pair<std::string, value>;
+  using iterator = std::vector<item>::iterator;
+  using const_iterator = std::vector<item>::const_iterator;
+
+  dict();
+  dict(std::initializer_list<item> items);
+  dict(const dict&);
+  dict(dict&&) noexcept;
+  dict& operator=(const dict&);
+  dict& operator=(dict&&) noexcept;
+  ~dict();
+
+  /// The value at `key`, inserting none at the end when absent.
+  value& operator[](std::string_view key);
+  /// Sets `key` to `v`; a new key goes at the end, an existing key keeps its place.
+  value& insert_or_assign(std::string key, value v);
+  /// nullptr when absent.
+  value* find(std::string_view key) noexcept;
+  const value* find(std::string_view key) const noexcept;
+  /// Throws error(not_found) naming the key when absent.
+  value& at(std::string_view key);
+  const value& at(std::string_view key) const;
+  bool contains(std::string_view key) const noexcept { return find(key) != nullptr; }
+  /// Removes `key`; returns whether it was there. O(n).
+  bool erase(std::string_view key);
+
+  std::size_t size() const noexcept;
+  bool empty() const noexcept { return size() == 0; }
+  iterator begin() noexcept;
+  iterator end() noexcept;
+  const_iterator begin() const noexcept;
+  const_iterator end() const noexcept;
+
+  friend bool operator==(const dict& a, const dict& b) noexcept;
+
+ private:
+  std::vector<item> items_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
+
+/// What a value holds.
+enum class kind : std::uint8_t { none, boolean, integer, real, string, list, dict, tensor };
+std::string_view kind_name(kind k) noexcept;
+
+class value {
+ public:
+  using storage =
+      std::variant<none_t, bool, std::int64_t, double, std::string, list, dict, tensor>;
+
+  value() noexcept = default;
+  value(none_t) noexcept {}
+  value(bool b) noexcept : v_(b) {}
+  template <class I>
+    requires(std::is_integral_v<I> && !std::is_same_v<I, bool>)
+  value(I i) noexcept : v_(static_cast<std::int64_t>(i)) {}
+  value(double d) noexcept : v_(d) {}
+  value(const char* s) : v_(std::string(s)) {}
+  value(std::string s) noexcept : v_(std::move(s)) {}
+  value(std::string_view s) : v_(std::string(s)) {}
+  value(list l) noexcept : v_(std::move(l)) {}
+  value(dict d) noexcept : v_(std::move(d)) {}
+  value(tensor t) noexcept : v_(std::move(t)) {}
+
+  kind type() const noexcept { return static_cast<kind>(v_.index()); }
+  bool is_none() const noexcept { return type() == kind::none; }
+
+  /// Typed access; throws error(invalid_argument) naming both kinds on mismatch.
+  bool as_bool() const;
+  std::int64_t as_int() const;
+  double as_double() const;
+  const std::string& as_string() const;
+  list& as_list();
+  const list& as_list() const;
+  dict& as_dict();
+  const dict& as_dict() const;
+  tensor& as_tensor();
+  const tensor& as_tensor() const;
+
+  storage& raw() noexcept { return v_; }
+  const storage& raw() const noexcept { return v_; }
+
+  /// Deep equality; tensors compare by dtype, shape and bytes; doubles bit-for-bit so NaN
+  /// payloads round-trip exactly.
+  friend bool operator==(const value& a, const value& b) noexcept;
+
+ private:
+  storage v_;
+};
+
+/// The state dict handed to a checkpoint: the root of the tree.
+using state_dict = dict;
+
+/// Calls `fn(name, tensor)` for every tensor in depth-first key order. `name` is the flattened
+/// key path: dict keys and list indexes joined by '.', e.g. "optim.state.0.exp_avg".
+void for_each_tensor(const dict& root,
+                     const std::function<void(const std::string& name, const tensor& t)>& fn);
+
+/// Number of tensors and their total bytes.
+struct tensor_totals {
+  std::size_t count = 0;
+  std::uint64_t bytes = 0;
+};
+tensor_totals count_tensors(const dict& root);
+
+/// A deep copy whose tensors all own private copies of their bytes.
+dict deep_clone(const dict& root);
+
+}  // namespace shmckpt

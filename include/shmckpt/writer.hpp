@@ -1,0 +1,62 @@
+// shmckpt/writer.hpp — persisting a state dict durably.
+//
+// `write_safetensors` is the storage primitive: it writes one state dict as one safetensors file
+// (layout in docs/format.md) such that the file at `file` is, at every instant, either the
+// previous complete file or the new complete file — never a torn mix. It writes to a temporary
+// file in the same directory, fsyncs it, renames it over `file`, and fsyncs the directory. Any
+// failure (full disk, I/O error, cancellation) removes the temporary file and leaves an earlier
+// checkpoint at `file` untouched.
+//
+// `checkpoint_writer` is the interface the checkpoint child calls for each WRITE_CHECKPOINT
+// request; `make_default_writer` builds the default one, which writes
+// `<path>/checkpoint_<rank>.safetensors`. Custom writers are registered by name in worker.hpp.
+//
+// Thread safety: write_safetensors is safe to call concurrently for different files.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <memory>
+
+#include "shmckpt/state_dict.hpp"
+#include "shmckpt/types.hpp"
+
+namespace shmckpt {
+
+struct safetensors_write_options {
+  /// Record an XXH3-64 checksum of every tensor in the header (verified by the reader on request
+  /// and by `ckpt-inspect verify`). Computed while writing, in the same pass over the bytes.
+  bool checksums = true;
+  /// When non-null and it becomes true, the write stops at the next chunk, removes the temporary
+  /// file and throws error(errc::closed). Lets the child abandon a write when its parent dies.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+/// Writes `sd` to `file` atomically and durably (see above). The parent directory must exist.
+/// Throws error(invalid_argument) for a tree that cannot be represented (two tensors flattening
+/// to the same name), error(no_space) when the filesystem is full (naming bytes needed and free),
+/// error(io_error) for other OS failures, error(closed) when cancelled.
+void write_safetensors(const std::filesystem::path& file, const state_dict& sd,
+                       const safetensors_write_options& options = {});
+
+/// `<dir>/checkpoint_<rank>.safetensors`.
+std::filesystem::path checkpoint_file_path(const std::filesystem::path& dir, int rank);
+
+/// What the checkpoint child calls to persist one request. Implementations run in the child; the
+/// state dict's tensors are views into the shared segment, valid only during the call.
+class checkpoint_writer {
+ public:
+  virtual ~checkpoint_writer() = default;
+  /// Persists `sd` at `path` with the request's `kw`. Throwing fails that write's future in the
+  /// parent with the exception's message.
+  virtual void write(const state_dict& sd, const std::filesystem::path& path,
+                     const kwargs& kw) = 0;
+};
+
+/// The default writer: creates `path` (a directory) if needed and writes
+/// `checkpoint_file_path(path, rank)` with write_safetensors. `args` are the writer-factory
+/// arguments; "rank" and "world_size" are always present (added by the parent).
+std::unique_ptr<checkpoint_writer> make_default_writer(const kwargs& args,
+                                                       const std::atomic<bool>* cancel = nullptr);
+
+}  // namespace shmckpt

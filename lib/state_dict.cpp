@@ -1,0 +1,291 @@
+#include "shmckpt/state_dict.hpp"
+
+#include <cstring>
+
+#include "shmckpt/error.hpp"
+
+namespace shmckpt {
+
+namespace {
+
+std::string shape_string(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+std::uint64_t checked_nbytes(dtype type, const std::vector<std::int64_t>& shape) {
+  auto n = tensor_nbytes(type, shape);
+  if (!n)
+    throw_error(errc::invalid_argument,
+                "tensor of dtype " + std::string(dtype_name(type)) + " and shape " +
+                    shape_string(shape) +
+                    " has no valid byte size (negative dimension, overflow, or a sub-byte dtype "
+                    "that does not fill whole bytes)");
+  return *n;
+}
+
+std::shared_ptr<std::byte[]> private_buffer(std::size_t n) {
+  // make_shared_for_overwrite would skip zeroing, but zeroing is what zeros() promises.
+  return std::shared_ptr<std::byte[]>(new std::byte[n == 0 ? 1 : n]());
+}
+
+}  // namespace
+
+// ---- tensor ----------------------------------------------------------------------------------
+
+tensor::tensor() : type_(dtype::f32), shape_{0} {}
+
+tensor::tensor(dtype type, std::vector<std::int64_t> shape, std::span<std::byte> data,
+               std::shared_ptr<const void> owner)
+    : type_(type), shape_(std::move(shape)), owner_(std::move(owner)) {
+  std::uint64_t need = checked_nbytes(type_, shape_);
+  if (need != data.size())
+    throw_error(errc::invalid_argument,
+                "tensor of dtype " + std::string(dtype_name(type_)) + " and shape " +
+                    shape_string(shape_) + " needs " + std::to_string(need) +
+                    " bytes but was given " + std::to_string(data.size()));
+  data_ = data.data();
+  size_ = data.size();
+}
+
+tensor tensor::zeros(dtype type, std::vector<std::int64_t> shape) {
+  auto n = checked_nbytes(type, shape);
+  auto buf = private_buffer(n);
+  std::span<std::byte> bytes{buf.get(), static_cast<std::size_t>(n)};
+  return tensor(type, std::move(shape), bytes, std::move(buf));
+}
+
+tensor tensor::copy_of(dtype type, std::vector<std::int64_t> shape,
+                       std::span<const std::byte> src) {
+  auto n = checked_nbytes(type, shape);
+  if (n != src.size())
+    throw_error(errc::invalid_argument, "tensor::copy_of: shape " + shape_string(shape) + " of " +
+                                            std::string(dtype_name(type)) + " needs " +
+                                            std::to_string(n) + " bytes, source has " +
+                                            std::to_string(src.size()));
+  auto buf = std::shared_ptr<std::byte[]>(new std::byte[n == 0 ? 1 : n]);
+  if (n) std::memcpy(buf.get(), src.data(), n);
+  std::span<std::byte> bytes{buf.get(), static_cast<std::size_t>(n)};
+  return tensor(type, std::move(shape), bytes, std::move(buf));
+}
+
+tensor tensor::clone() const { return copy_of(type_, shape_, bytes()); }
+
+std::int64_t tensor::numel() const noexcept {
+  std::int64_t n = 1;
+  for (auto d : shape_) n *= d;
+  return n;
+}
+
+void tensor::check_element_size(std::size_t bytes) const {
+  if (bytes * 8 != dtype_bits(type_))
+    throw_error(errc::invalid_argument, "tensor of dtype " + std::string(dtype_name(type_)) +
+                                            " has " + std::to_string(dtype_bits(type_)) +
+                                            "-bit elements, not " + std::to_string(bytes * 8) +
+                                            "-bit ones");
+}
+
+bool operator==(const tensor& a, const tensor& b) noexcept {
+  if (a.type() != b.type() || a.shape() != b.shape() || a.nbytes() != b.nbytes()) return false;
+  return a.nbytes() == 0 || a.data() == b.data() ||
+         std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// ---- dict ------------------------------------------------------------------------------------
+
+dict::dict() = default;
+dict::dict(const dict&) = default;
+dict::dict(dict&&) noexcept = default;
+dict& dict::operator=(const dict&) = default;
+dict& dict::operator=(dict&&) noexcept = default;
+dict::~dict() = default;
+
+dict::dict(std::initializer_list<item> items) {
+  for (const auto& it : items) insert_or_assign(it.first, it.second);
+}
+
+value& dict::operator[](std::string_view key) {
+  if (value* v = find(key)) return *v;
+  return insert_or_assign(std::string(key), value{});
+}
+
+value& dict::insert_or_assign(std::string key, value v) {
+  auto it = index_.find(key);
+  if (it != index_.end()) {
+    items_[it->second].second = std::move(v);
+    return items_[it->second].second;
+  }
+  index_.emplace(key, items_.size());
+  items_.emplace_back(std::move(key), std::move(v));
+  return items_.back().second;
+}
+
+value* dict::find(std::string_view key) noexcept {
+  auto it = index_.find(std::string(key));
+  return it == index_.end() ? nullptr : &items_[it->second].second;
+}
+
+const value* dict::find(std::string_view key) const noexcept {
+  return const_cast<dict*>(this)->find(key);
+}
+
+value& dict::at(std::string_view key) {
+  if (value* v = find(key)) return *v;
+  throw_error(errc::not_found, "no key '" + std::string(key) + "' in dict");
+}
+
+const value& dict::at(std::string_view key) const { return const_cast<dict*>(this)->at(key); }
+
+bool dict::erase(std::string_view key) {
+  auto it = index_.find(std::string(key));
+  if (it == index_.end()) return false;
+  std::size_t pos = it->second;
+  items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(pos));
+  index_.erase(it);
+  for (auto& [k, i] : index_)
+    if (i > pos) --i;
+  return true;
+}
+
+std::size_t dict::size() const noexcept { return items_.size(); }
+dict::iterator dict::begin() noexcept { return items_.begin(); }
+dict::iterator dict::end() noexcept { return items_.end(); }
+dict::const_iterator dict::begin() const noexcept { return items_.begin(); }
+dict::const_iterator dict::end() const noexcept { return items_.end(); }
+
+bool operator==(const dict& a, const dict& b) noexcept { return a.items_ == b.items_; }
+
+// ---- value -----------------------------------------------------------------------------------
+
+std::string_view kind_name(kind k) noexcept {
+  switch (k) {
+    case kind::none: return "none";
+    case kind::boolean: return "bool";
+    case kind::integer: return "int";
+    case kind::real: return "float";
+    case kind::string: return "string";
+    case kind::list: return "list";
+    case kind::dict: return "dict";
+    case kind::tensor: return "tensor";
+  }
+  return "?";
+}
+
+namespace {
+template <class T>
+T& checked_get(value::storage& v, kind want) {
+  if (auto* p = std::get_if<T>(&v)) return *p;
+  throw_error(errc::invalid_argument, "value is a " +
+                                          std::string(kind_name(static_cast<kind>(v.index()))) +
+                                          ", not a " + std::string(kind_name(want)));
+}
+}  // namespace
+
+bool value::as_bool() const { return checked_get<bool>(const_cast<storage&>(v_), kind::boolean); }
+std::int64_t value::as_int() const {
+  return checked_get<std::int64_t>(const_cast<storage&>(v_), kind::integer);
+}
+double value::as_double() const {
+  return checked_get<double>(const_cast<storage&>(v_), kind::real);
+}
+const std::string& value::as_string() const {
+  return checked_get<std::string>(const_cast<storage&>(v_), kind::string);
+}
+list& value::as_list() { return checked_get<list>(v_, kind::list); }
+const list& value::as_list() const { return checked_get<list>(const_cast<storage&>(v_), kind::list); }
+dict& value::as_dict() { return checked_get<dict>(v_, kind::dict); }
+const dict& value::as_dict() const { return checked_get<dict>(const_cast<storage&>(v_), kind::dict); }
+tensor& value::as_tensor() { return checked_get<tensor>(v_, kind::tensor); }
+const tensor& value::as_tensor() const {
+  return checked_get<tensor>(const_cast<storage&>(v_), kind::tensor);
+}
+
+bool operator==(const value& a, const value& b) noexcept {
+  if (a.v_.index() != b.v_.index()) return false;
+  if (auto* d = std::get_if<double>(&a.v_)) {
+    double e = std::get<double>(b.v_);
+    return std::memcmp(d, &e, sizeof e) == 0;
+  }
+  return a.v_ == b.v_;
+}
+
+// ---- traversal -------------------------------------------------------------------------------
+
+namespace {
+
+void visit_tensors(const value& v, std::string& name,
+                   const std::function<void(const std::string&, const tensor&)>& fn);
+
+void visit_dict(const dict& d, std::string& name,
+                const std::function<void(const std::string&, const tensor&)>& fn) {
+  for (const auto& [k, v] : d) {
+    std::size_t mark = name.size();
+    if (mark) name += '.';
+    name += k;
+    visit_tensors(v, name, fn);
+    name.resize(mark);
+  }
+}
+
+void visit_tensors(const value& v, std::string& name,
+                   const std::function<void(const std::string&, const tensor&)>& fn) {
+  switch (v.type()) {
+    case kind::tensor: fn(name, v.as_tensor()); break;
+    case kind::dict: visit_dict(v.as_dict(), name, fn); break;
+    case kind::list: {
+      const auto& l = v.as_list();
+      for (std::size_t i = 0; i < l.size(); ++i) {
+        std::size_t mark = name.size();
+        if (mark) name += '.';
+        name += std::to_string(i);
+        visit_tensors(l[i], name, fn);
+        name.resize(mark);
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+value clone_value(const value& v) {
+  switch (v.type()) {
+    case kind::tensor: return v.as_tensor().clone();
+    case kind::dict: return deep_clone(v.as_dict());
+    case kind::list: {
+      list out;
+      out.reserve(v.as_list().size());
+      for (const auto& e : v.as_list()) out.push_back(clone_value(e));
+      return out;
+    }
+    default: return v;
+  }
+}
+
+}  // namespace
+
+void for_each_tensor(const dict& root,
+                     const std::function<void(const std::string&, const tensor&)>& fn) {
+  std::string name;
+  visit_dict(root, name, fn);
+}
+
+tensor_totals count_tensors(const dict& root) {
+  tensor_totals t;
+  for_each_tensor(root, [&](const std::string&, const tensor& x) {
+    ++t.count;
+    t.bytes += x.nbytes();
+  });
+  return t;
+}
+
+dict deep_clone(const dict& root) {
+  dict out;
+  for (const auto& [k, v] : root) out.insert_or_assign(k, clone_value(v));
+  return out;
+}
+
+}  // namespace shmckpt
