@@ -1,1 +1,310 @@
-// placeholder
+// The checkpoint child: request loop, registries, and parent-death handling.
+//
+// The loop is single-threaded and serves requests strictly in order. A second thread only
+// watches the control socket for the parent's end closing (POLLRDHUP): it raises the cancel flag
+// that the default writer checks between chunks (so an in-flight write is abandoned and its
+// temporary file removed), and exits the process if the loop has not finished shortly after.
+// SIGTERM (also delivered as the parent-death signal set at spawn) raises the same flag.
+#include "shmckpt/worker.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "shmckpt/error.hpp"
+#include "shmckpt/protocol.hpp"
+#include "shmckpt/segment.hpp"
+
+namespace shmckpt {
+
+namespace asio = boost::asio;
+using local_socket = asio::local::stream_protocol::socket;
+
+namespace {
+
+struct registry {
+  std::mutex lock;
+  std::map<std::string, init_function, std::less<>> inits;
+  std::map<std::string, writer_factory, std::less<>> writers;
+};
+
+std::atomic<bool> g_cancel{false};  // parent gone or SIGTERM: abandon work
+
+registry& reg() {
+  static registry r;
+  return r;
+}
+
+extern "C" void on_sigterm(int) { g_cancel.store(true, std::memory_order_relaxed); }
+
+// How long the loop may keep running once the parent is gone before the watcher ends the
+// process: enough for the default writer to notice the cancel flag and clean up.
+constexpr auto parent_gone_grace = std::chrono::seconds(2);
+
+struct worker_args {
+  int control_fd = -1;
+  int segment_fd = -1;
+  std::uint64_t segment_bytes = 0;
+};
+
+worker_args parse_args(int argc, char** argv) {
+  worker_args a;
+  auto number = [&](int i) -> long long {
+    if (i >= argc) throw std::invalid_argument(std::string(argv[i - 1]) + " needs a value");
+    return std::stoll(argv[i]);
+  };
+  for (int i = 2; i < argc; ++i) {
+    std::string_view s = argv[i];
+    if (s == "--control-fd") a.control_fd = static_cast<int>(number(++i));
+    else if (s == "--segment-fd") a.segment_fd = static_cast<int>(number(++i));
+    else if (s == "--segment-bytes") a.segment_bytes = static_cast<std::uint64_t>(number(++i));
+    else throw std::invalid_argument("unknown argument '" + std::string(s) + "'");
+  }
+  if (a.control_fd < 0 || a.segment_fd < 0 || a.segment_bytes == 0)
+    throw std::invalid_argument("--control-fd, --segment-fd and --segment-bytes are required");
+  return a;
+}
+
+// Closes every descriptor except stdio and the two the parent passed: the launcher's own
+// close-other-fds is unreliable in Boost 1.81, and a stray copy of a socket would stop the
+// parent from ever seeing EOF.
+void close_other_fds(int a, int b) {
+  int lo = std::min(a, b), hi = std::max(a, b);
+  auto close_range = [](unsigned first, unsigned last) {
+    if (first > last) return;
+    if (::syscall(SYS_close_range, first, last, 0) != 0)
+      for (unsigned fd = first; fd <= last && fd < 65536; ++fd) ::close(static_cast<int>(fd));
+  };
+  close_range(3, static_cast<unsigned>(lo) - 1);
+  close_range(static_cast<unsigned>(lo) + 1, static_cast<unsigned>(hi) - 1);
+  close_range(static_cast<unsigned>(hi) + 1, ~0u);
+}
+
+class worker {
+ public:
+  worker(const worker_args& a, asio::io_context& io)
+      : seg_(segment::attach(a.segment_fd, a.segment_bytes)),
+        sock_(io, asio::local::stream_protocol(), a.control_fd) {}
+
+  int run() {
+    std::array<std::byte, protocol::header_size> hbuf;
+    std::vector<std::byte> payload;
+    for (;;) {
+      boost::system::error_code ec;
+      asio::read(sock_, asio::buffer(hbuf), ec);
+      if (ec) return 0;  // EOF: the parent closed the channel or died; nothing to answer
+      protocol::frame_header h;
+      try {
+        h = protocol::decode_header(hbuf);
+      } catch (const error& e) {
+        // The stream cannot be resynchronised after a bad header: answer and stop.
+        respond(0, errc::protocol_error, e.what());
+        return 4;
+      }
+      payload.resize(h.payload_bytes);
+      asio::read(sock_, asio::buffer(payload), ec);
+      if (ec) return 0;
+      if (!serve(h, payload)) return 0;
+      if (g_cancel.load()) return 128 + SIGTERM;
+    }
+  }
+
+ private:
+  // Returns false after TERMINATE.
+  bool serve(const protocol::frame_header& h, std::span<const std::byte> payload) {
+    auto type = static_cast<protocol::message_type>(h.type);
+    try {
+      switch (type) {
+        case protocol::message_type::init: init(protocol::decode_init(payload)); break;
+        case protocol::message_type::ping: {
+          std::uint32_t pid = static_cast<std::uint32_t>(::getpid());
+          std::vector<std::byte> p(sizeof pid);
+          std::memcpy(p.data(), &pid, sizeof pid);
+          respond(h.request_id, {}, {}, std::move(p));
+          return true;
+        }
+        case protocol::message_type::write_checkpoint: write(payload); break;
+        case protocol::message_type::terminate:
+          respond(h.request_id, {}, {});
+          return false;
+        case protocol::message_type::response:
+          throw_error(errc::protocol_error, "the checkpoint child received a RESPONSE frame");
+      }
+      respond(h.request_id, {}, {});
+    } catch (const error& e) {
+      respond(h.request_id, e.kind(), e.what());
+    } catch (const std::exception& e) {
+      respond(h.request_id, errc::child_failed, e.what());
+    }
+    return true;
+  }
+
+  void init(const protocol::init_request& r) {
+    init_function fn;
+    writer_factory factory;
+    {
+      std::lock_guard g(reg().lock);
+      if (!r.init_function.empty()) {
+        auto it = reg().inits.find(r.init_function);
+        if (it == reg().inits.end())
+          throw_error(errc::not_found,
+                      "no init function named '" + r.init_function +
+                          "' is registered in the checkpoint child; register it with "
+                          "shmckpt::register_init_function before run_worker_if_requested");
+        fn = it->second;
+      }
+      auto it = reg().writers.find(r.writer_factory);
+      if (it == reg().writers.end())
+        throw_error(errc::not_found,
+                    "no writer factory named '" + r.writer_factory +
+                        "' is registered in the checkpoint child; register it with "
+                        "shmckpt::register_writer_factory before run_worker_if_requested");
+      factory = it->second;
+    }
+    if (fn) run_user("init function '" + r.init_function + "'", [&] { fn(r.init_args); });
+    std::unique_ptr<checkpoint_writer> w;
+    run_user("writer factory '" + r.writer_factory + "'", [&] { w = factory(r.writer_args); });
+    if (!w)
+      throw_error(errc::child_failed,
+                  "writer factory '" + r.writer_factory + "' returned no writer");
+    writer_ = std::move(w);
+  }
+
+  void write(std::span<const std::byte> payload) {
+    if (!writer_)
+      throw_error(errc::protocol_error, "WRITE_CHECKPOINT before a successful INIT");
+    auto req = protocol::decode_write(
+        payload, [this](std::uint64_t off, std::uint64_t len) { return seg_.resolve(off, len); });
+    run_user("writer", [&] { writer_->write(req.state, req.path, req.kw); });
+  }
+
+  // Runs user code, prefixing its error message with what failed.
+  template <class F>
+  void run_user(const std::string& what, F&& f) {
+    try {
+      f();
+    } catch (const error& e) {
+      throw error(e.kind() == errc::invalid_argument ? errc::child_failed : e.kind(),
+                  what + " failed: " + e.what());
+    } catch (const std::exception& e) {
+      throw error(errc::child_failed, what + " failed: " + e.what());
+    } catch (...) {
+      throw error(errc::child_failed, what + " failed with a non-standard exception");
+    }
+  }
+
+  void respond(std::uint64_t id, std::optional<errc> code, const std::string& message,
+               std::vector<std::byte> payload = {}) {
+    protocol::response r;
+    r.code = code ? static_cast<std::uint32_t>(*code) : 0;
+    r.message = message;
+    r.payload = std::move(payload);
+    auto frame = protocol::make_frame(protocol::message_type::response, id,
+                                      protocol::encode_response(r));
+    boost::system::error_code ec;
+    asio::write(sock_, asio::buffer(frame), ec);  // a dead parent shows up as EOF next read
+  }
+
+  segment seg_;
+  local_socket sock_;
+  std::unique_ptr<checkpoint_writer> writer_;
+};
+
+// Watches for the parent's end of the socket closing. Returns when `done` is set.
+void watch_parent(int fd, std::atomic<bool>& done, std::mutex& m, std::condition_variable& cv) {
+  pollfd p{fd, POLLRDHUP, 0};
+  int status = 3;  // parent gone
+  for (;;) {
+    // The timeout lets a SIGTERM that arrived while the loop sat idle in read() end the process.
+    int r = ::poll(&p, 1, 200);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 || (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) break;
+    if (g_cancel.load()) {
+      status = 128 + SIGTERM;
+      break;
+    }
+  }
+  g_cancel.store(true);
+  std::unique_lock lk(m);
+  if (!cv.wait_for(lk, parent_gone_grace, [&] { return done.load(); })) ::_exit(status);
+}
+
+}  // namespace
+
+void register_init_function(std::string name, init_function fn) {
+  std::lock_guard g(reg().lock);
+  reg().inits.insert_or_assign(std::move(name), std::move(fn));
+}
+
+void register_writer_factory(std::string name, writer_factory factory) {
+  std::lock_guard g(reg().lock);
+  reg().writers.insert_or_assign(std::move(name), std::move(factory));
+}
+
+int worker_main(int argc, char** argv) {
+  worker_args args;
+  try {
+    args = parse_args(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "shmckpt worker: " << e.what()
+              << "\nThis program is started by shmckpt::checkpoint_process, not by hand.\n";
+    return 2;
+  }
+  close_other_fds(args.control_fd, args.segment_fd);
+
+  struct sigaction sa {};
+  sa.sa_handler = on_sigterm;
+  ::sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  {
+    std::lock_guard g(reg().lock);
+    reg().writers.try_emplace("default", [](const kwargs& a) {
+      return make_default_writer(a, &g_cancel);
+    });
+  }
+
+  std::atomic<bool> done{false};
+  std::mutex m;
+  std::condition_variable cv;
+  std::thread watcher(watch_parent, args.control_fd, std::ref(done), std::ref(m), std::ref(cv));
+  watcher.detach();
+
+  int status = 0;
+  try {
+    asio::io_context io;
+    worker w(args, io);
+    status = w.run();
+  } catch (const std::exception& e) {
+    std::cerr << "shmckpt worker: " << e.what() << "\n";
+    status = 1;
+  }
+  {
+    std::lock_guard g(m);
+    done = true;
+  }
+  cv.notify_all();
+  // Skip static destructors: the watcher thread may still be blocked in poll().
+  std::fflush(nullptr);
+  ::_exit(status);
+}
+
+void run_worker_if_requested(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], worker_flag) == 0) std::exit(worker_main(argc, argv));
+}
+
+}  // namespace shmckpt

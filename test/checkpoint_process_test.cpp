@@ -1,3 +1,359 @@
 #define BOOST_TEST_MODULE checkpoint_process_test
+#include "shmckpt/checkpoint_process.hpp"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
 #include <boost/test/unit_test.hpp>
-BOOST_AUTO_TEST_CASE(placeholder) { BOOST_TEST(true); }
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "shmckpt/error.hpp"
+#include "shmckpt/reader.hpp"
+#include "test_support.hpp"
+
+using namespace shmckpt;
+using namespace std::chrono_literals;
+using shmckpt::test::temp_dir;
+
+namespace {
+
+checkpoint_process_options child_options(std::string writer = "record") {
+  checkpoint_process_options o;
+  o.worker = worker_binary::custom;
+  o.worker_path = test::test_child();
+  o.writer_factory = std::move(writer);
+  o.segment_bytes = 16u << 20;
+  o.init_timeout = 20s;
+  o.shutdown_timeout = 20s;
+  return o;
+}
+
+std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Runs `f`, expecting shmckpt::error of `kind` whose message contains `fragment`.
+template <class F>
+void expect_error(F&& f, errc kind, const std::string& fragment) {
+  try {
+    f();
+    BOOST_FAIL("expected an error containing '" << fragment << "'");
+  } catch (const error& e) {
+    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(kind), "error was: " << e.what());
+    BOOST_TEST(std::string(e.what()).find(fragment) != std::string::npos,
+               "'" << e.what() << "' lacks '" << fragment << "'");
+  }
+}
+
+// Sets an environment variable for the lifetime of the guard (fake-child modes).
+struct env_guard {
+  env_guard(const char* k, const char* v) : key(k) { ::setenv(k, v, 1); }
+  ~env_guard() { ::unsetenv(key); }
+  const char* key;
+};
+
+state_dict small_state() {
+  auto w = tensor::zeros(dtype::f32, {4, 4});
+  w.data_as<float>()[5] = 1.5f;
+  return state_dict{{"model", dict{{"w", w}}}, {"step", 10}, {"note", "hello"}};
+}
+
+std::set<std::string> dev_shm_entries() {
+  std::set<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
+    out.insert(e.path().filename());
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(config_defaults_match_the_reference) {
+  checkpoint_process_options o;
+  BOOST_TEST(o.init_timeout.count() == 30000);
+  BOOST_TEST(o.shutdown_timeout.count() == 60000);
+  BOOST_TEST(o.writer_factory == "default");
+  BOOST_TEST(o.init_function.empty());
+  BOOST_TEST(o.rank.rank == 0);
+  BOOST_TEST(o.rank.world_size == 1);
+}
+
+BOOST_AUTO_TEST_CASE(init_then_close_leaves_no_child_behind) {
+  checkpoint_process proc(child_options());
+  proc.wait_ready();
+  int pid = proc.child_pid();
+  BOOST_TEST(pid > 0);
+  BOOST_TEST(proc.child_running());
+  BOOST_TEST(test::pid_alive(pid));
+  proc.close();
+  BOOST_TEST(!proc.child_running());
+  // Reaped, not a zombie: /proc/<pid> is gone (or reused by an unrelated live process).
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (std::getline(stat, line)) BOOST_TEST(line.find(") Z") == std::string::npos);
+  proc.close();  // idempotent
+}
+
+BOOST_AUTO_TEST_CASE(write_of_a_ready_state_dict_reaches_the_writer_with_kwargs_and_rank) {
+  temp_dir dir;
+  auto o = child_options();
+  o.rank = {2, 4};
+  o.writer_args = {{"flavour", "vanilla"}};
+  checkpoint_process proc(o);
+  auto f = proc.write(small_state(), dir / "ckpt", {{"epoch", "3"}, {"tag", "x y"}});
+  f.get();
+  auto rec = slurp(dir / "ckpt" / "record.txt");
+  BOOST_TEST(rec.find("kw epoch=3\n") != std::string::npos, rec);
+  BOOST_TEST(rec.find("kw tag=x y\n") != std::string::npos, rec);
+  BOOST_TEST(rec.find("arg flavour=vanilla\n") != std::string::npos, rec);
+  BOOST_TEST(rec.find("arg rank=2\n") != std::string::npos, rec);
+  BOOST_TEST(rec.find("arg world_size=4\n") != std::string::npos, rec);
+  BOOST_TEST(rec.find("tensor model.w 64\n") != std::string::npos, rec);
+  BOOST_TEST(rec.find("int step=10\n") != std::string::npos, rec);
+}
+
+BOOST_AUTO_TEST_CASE(write_of_a_future_state_dict_waits_for_it) {
+  temp_dir dir;
+  checkpoint_process proc(child_options());
+  std::promise<state_dict> produce;
+  auto f = proc.write(produce.get_future().share(), dir / "later");
+  // The state dict does not exist yet, so the write cannot have completed.
+  BOOST_TEST((f.wait_for(0s) != std::future_status::ready));
+  produce.set_value(small_state());
+  f.get();
+  BOOST_TEST(slurp(dir / "later" / "record.txt").find("tensor model.w 64") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_future_state_dict_fails_only_its_write) {
+  temp_dir dir;
+  checkpoint_process proc(child_options());
+  std::promise<state_dict> produce;
+  auto f1 = proc.write(produce.get_future().share(), dir / "a");
+  auto f2 = proc.write(small_state(), dir / "b");
+  produce.set_exception(std::make_exception_ptr(std::runtime_error("staging failed")));
+  BOOST_CHECK_EXCEPTION(f1.get(), std::runtime_error, [](const std::runtime_error& e) {
+    return std::string(e.what()) == "staging failed";
+  });
+  f2.get();
+  BOOST_TEST(std::filesystem::exists(dir / "b" / "record.txt"));
+}
+
+BOOST_AUTO_TEST_CASE(writes_are_served_in_submission_order) {
+  temp_dir dir;
+  checkpoint_process proc(child_options());
+  auto log = (dir / "order.log").string();
+  std::promise<state_dict> slow;
+  std::vector<std::future<void>> fs;
+  fs.push_back(proc.write(small_state(), dir / "1", {{"log", log}}));
+  fs.push_back(proc.write(slow.get_future().share(), dir / "2", {{"log", log}}));
+  fs.push_back(proc.write(small_state(), dir / "3", {{"log", log}}));
+  fs.push_back(proc.write(small_state(), dir / "4", {{"log", log}}));
+  // Write 3 and 4 are ready long before 2, yet must wait behind it.
+  slow.set_value(small_state());
+  for (auto& f : fs) f.get();
+  std::string expect;
+  for (auto n : {"1", "2", "3", "4"}) expect += (dir / n).string() + "\n";
+  BOOST_TEST(slurp(log) == expect);
+}
+
+BOOST_AUTO_TEST_CASE(init_slower_than_the_timeout_fails_with_timed_out) {
+  auto o = child_options();
+  o.init_function = "sleep";
+  o.init_args = {{"ms", "3000"}};
+  o.init_timeout = 1s;
+  checkpoint_process proc(o);
+  expect_error([&] { proc.wait_ready(); }, errc::timeout,
+               "Timed out after 1s waiting for checkpoint subprocess to initialize");
+  expect_error([&] { proc.write(small_state(), "/nonexistent"); }, errc::timeout,
+               "Timed out after");
+  proc.close();
+  BOOST_TEST(!proc.child_running());
+}
+
+BOOST_AUTO_TEST_CASE(init_function_runs_with_its_arguments) {
+  temp_dir dir;
+  auto o = child_options();
+  o.init_function = "touch";
+  o.init_args = {{"file", (dir / "init-ran").string()}};
+  checkpoint_process proc(o);
+  proc.wait_ready();
+  BOOST_TEST(slurp(dir / "init-ran") == "init");
+}
+
+BOOST_AUTO_TEST_CASE(init_failure_carries_the_childs_message) {
+  auto o = child_options();
+  o.init_function = "fail";
+  o.init_args = {{"message", "no GPU here"}};
+  checkpoint_process proc(o);
+  expect_error([&] { proc.wait_ready(); }, errc::child_failed, "init exploded: no GPU here");
+}
+
+BOOST_AUTO_TEST_CASE(writer_factory_failure_carries_the_childs_message) {
+  checkpoint_process proc(child_options("fail_factory"));
+  expect_error([&] { proc.wait_ready(); }, errc::child_failed, "writer factory exploded");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_writer_factory_is_named_in_the_error) {
+  checkpoint_process proc(child_options("no_such_writer"));
+  expect_error([&] { proc.wait_ready(); }, errc::not_found, "'no_such_writer'");
+}
+
+BOOST_AUTO_TEST_CASE(missing_worker_executable_fails_construction_clearly) {
+  auto o = child_options();
+  o.worker_path = "/nonexistent/shmckpt-worker";
+  expect_error([&] { checkpoint_process proc(o); }, errc::not_found,
+               "'/nonexistent/shmckpt-worker'");
+}
+
+BOOST_AUTO_TEST_CASE(writer_failure_fails_that_write_only) {
+  temp_dir dir;
+  checkpoint_process proc(child_options());
+  auto bad = proc.write(small_state(), dir / "bad", {{"fail", "disk on fire"}});
+  auto good = proc.write(small_state(), dir / "good");
+  expect_error([&] { bad.get(); }, errc::child_failed, "disk on fire");
+  good.get();
+  BOOST_TEST(std::filesystem::exists(dir / "good" / "record.txt"));
+  BOOST_TEST(proc.child_running());
+}
+
+BOOST_AUTO_TEST_CASE(graceful_close_finishes_queued_writes_first) {
+  temp_dir dir;
+  checkpoint_process proc(child_options());
+  std::vector<std::future<void>> fs;
+  for (int i = 0; i < 5; ++i) fs.push_back(proc.write(small_state(), dir / std::to_string(i)));
+  proc.close();
+  for (auto& f : fs) f.get();  // every queued write completed before TERMINATE
+  for (int i = 0; i < 5; ++i)
+    BOOST_TEST(std::filesystem::exists(dir / std::to_string(i) / "record.txt"));
+  BOOST_TEST(!proc.child_running());
+  expect_error([&] { proc.write(small_state(), dir / "late").get(); }, errc::closed, "closed");
+}
+
+BOOST_AUTO_TEST_CASE(child_ignoring_terminate_is_killed_after_the_shutdown_timeout) {
+  env_guard mode("SHMCKPT_TEST_CHILD_MODE", "ignore-terminate");
+  auto o = child_options();
+  o.shutdown_timeout = 1s;
+  checkpoint_process proc(o);
+  proc.wait_ready();
+  int pid = proc.child_pid();
+  proc.close();
+  BOOST_TEST(!proc.child_running());
+  BOOST_TEST(!test::pid_alive(pid));
+}
+
+BOOST_AUTO_TEST_CASE(closed_channel_fails_writes_with_child_terminated) {
+  env_guard mode("SHMCKPT_TEST_CHILD_MODE", "close-channel");
+  temp_dir dir;
+  checkpoint_process proc(child_options());
+  auto f = proc.write(small_state(), dir / "x");
+  expect_error([&] { f.get(); }, errc::child_terminated, "Child process terminated unexpectedly");
+  expect_error([&] { proc.write(small_state(), dir / "y").get(); }, errc::child_terminated,
+               "Child process terminated unexpectedly");
+  proc.close();  // kills the fake child, which is still alive
+  BOOST_TEST(!proc.child_running());
+}
+
+BOOST_AUTO_TEST_CASE(child_killed_during_a_write_fails_pending_and_later_futures) {
+  temp_dir dir;
+  checkpoint_process proc(child_options("block"));
+  auto in_progress = proc.write(small_state(), dir / "a");
+  auto queued = proc.write(small_state(), dir / "b");
+  BOOST_TEST_REQUIRE(test::eventually([&] { return std::filesystem::exists(dir / "a" / "started"); }));
+  ::kill(proc.child_pid(), SIGKILL);
+  for (auto* f : {&in_progress, &queued})
+    expect_error([&] { f->get(); }, errc::child_terminated,
+                 "Child process terminated unexpectedly (killed by signal 9");
+  expect_error([&] { proc.write(small_state(), dir / "c").get(); }, errc::child_terminated,
+               "Child process terminated unexpectedly");
+  proc.close();
+}
+
+BOOST_AUTO_TEST_CASE(parent_killed_makes_the_child_exit_and_leaves_nothing_in_dev_shm) {
+  auto shm_before = dev_shm_entries();
+  int out[2];
+  BOOST_TEST_REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
+  int in[2];
+  BOOST_TEST_REQUIRE(::pipe2(in, O_CLOEXEC) == 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  auto child = test::test_child().string();
+  char* argv[] = {child.data(), const_cast<char*>("parent"), nullptr};
+  pid_t parent = -1;
+  BOOST_TEST_REQUIRE(::posix_spawn(&parent, child.c_str(), &fa, nullptr, argv, environ) == 0);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(out[1]);
+  ::close(in[0]);
+  std::string line;
+  char c;
+  while (::read(out[0], &c, 1) == 1 && c != '\n') line += c;
+  ::close(out[0]);
+  BOOST_TEST_REQUIRE(!line.empty(), "stand-in parent printed no child pid");
+  int grandchild = std::stoi(line);
+  BOOST_TEST(test::pid_alive(grandchild));
+  ::kill(parent, SIGKILL);
+  ::waitpid(parent, nullptr, 0);
+  ::close(in[1]);
+  BOOST_TEST(test::wait_pid_gone(grandchild, 10s), "checkpoint child outlived its parent");
+  BOOST_TEST((dev_shm_entries() == shm_before));
+}
+
+BOOST_AUTO_TEST_CASE(shared_tensor_is_the_same_memory_in_parent_and_child) {
+  temp_dir dir;
+  checkpoint_process proc(child_options("set_42"));
+  auto w = proc.make_tensor(dtype::f32, {2, 2});
+  BOOST_TEST(proc.is_shared(w));
+  float* addr = w.data_as<float>().data();
+  auto priv = tensor::zeros(dtype::f32, {2, 2});
+  proc.write(state_dict{{"w", w}}, dir / "s").get();
+  proc.write(state_dict{{"w", priv}}, dir / "p").get();
+  BOOST_TEST(w.data_as<float>().data() == addr);
+  BOOST_TEST(addr[0] == 42.0f);  // the child wrote into the very pages we hold
+  BOOST_TEST(addr[1] == 0.0f);
+  // A private tensor is copied into the segment, so the child's change does not reach it.
+  BOOST_TEST(priv.data_as<float>()[0] == 0.0f);
+  BOOST_TEST(!proc.is_shared(priv));
+}
+
+BOOST_AUTO_TEST_CASE(state_dict_too_big_for_the_segment_fails_that_write_clearly) {
+  temp_dir dir;
+  auto o = child_options();
+  o.segment_bytes = 1u << 20;
+  checkpoint_process proc(o);
+  auto big = tensor::zeros(dtype::u8, {4 << 20});
+  expect_error([&] { proc.write(state_dict{{"big", big}}, dir / "x").get(); }, errc::no_space,
+               "raise segment_bytes");
+  // Copies of a failed write are released: a small write still fits.
+  proc.write(small_state(), dir / "y").get();
+}
+
+BOOST_AUTO_TEST_CASE(default_writer_output_round_trips_to_an_identical_state_dict) {
+  temp_dir dir;
+  checkpoint_process_options o;
+  o.worker_path = std::filesystem::path(test::arg(1)) / "shmckpt-worker";
+  o.segment_bytes = 16u << 20;
+  o.rank = {1, 2};
+  checkpoint_process proc(o);
+  auto shared = proc.make_tensor(dtype::bf16, {3, 5});
+  shared.data_as<std::uint16_t>()[7] = 0x3f80;
+  state_dict sd{
+      {"model", dict{{"shared", shared}, {"private", tensor::zeros(dtype::i64, {2, 2})}}},
+      {"optimizer", dict{{"param_groups", list{dict{{"lr", 1e-3}, {"betas", list{0.9, 0.999}}}}}}},
+      {"step", 1234},
+      {"done", false},
+      {"name", "run"},
+      {"nothing", none},
+  };
+  sd.at("model").as_dict().at("private").as_tensor().data_as<std::int64_t>()[3] = -5;
+  proc.write(sd, dir.path()).get();
+  auto file = dir / "checkpoint_1.safetensors";
+  BOOST_TEST_REQUIRE(std::filesystem::exists(file));
+  auto back = read(file, {.copy = false, .verify_checksums = true});
+  BOOST_TEST((back == sd));
+}

@@ -1,3 +1,232 @@
 #define BOOST_TEST_MODULE protocol_test
 #include <boost/test/unit_test.hpp>
-BOOST_AUTO_TEST_CASE(placeholder) { BOOST_TEST(true); }
+#include <cstring>
+
+#include "shmckpt/error.hpp"
+#include "shmckpt/protocol.hpp"
+
+using namespace shmckpt;
+namespace p = shmckpt::protocol;
+
+namespace {
+
+// A fake "segment": a byte array whose offsets the encoder and decoder agree on.
+struct arena {
+  std::vector<std::byte> bytes = std::vector<std::byte>(4096);
+  tensor make(dtype t, std::vector<std::int64_t> shape, std::size_t offset) {
+    auto n = *tensor_nbytes(t, shape);
+    return tensor(t, std::move(shape), {bytes.data() + offset, static_cast<std::size_t>(n)});
+  }
+  p::offset_function offset_of() {
+    return [this](const tensor& t) {
+      return static_cast<std::uint64_t>(t.data() - bytes.data());
+    };
+  }
+  p::resolve_function resolve() {
+    return [this](std::uint64_t off, std::uint64_t len) -> std::span<std::byte> {
+      if (off > bytes.size() || len > bytes.size() - off)
+        throw_error(errc::protocol_error, "out of bounds");
+      return {bytes.data() + off, static_cast<std::size_t>(len)};
+    };
+  }
+};
+
+template <class F>
+void expect_protocol_error(F&& f, const std::string& fragment) {
+  try {
+    f();
+    BOOST_FAIL("expected a protocol error mentioning '" << fragment << "'");
+  } catch (const error& e) {
+    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(errc::protocol_error));
+    BOOST_TEST(std::string(e.what()).find(fragment) != std::string::npos,
+               "message '" << e.what() << "' lacks '" << fragment << "'");
+  }
+}
+
+std::span<const std::byte, p::header_size> header_of(const std::vector<std::byte>& frame) {
+  return std::span<const std::byte, p::header_size>(frame.data(), p::header_size);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(header_round_trips_with_fixed_little_endian_layout) {
+  std::vector<std::byte> payload(5, std::byte{7});
+  auto frame = p::make_frame(p::message_type::write_checkpoint, 0x1122334455667788ull, payload);
+  BOOST_TEST(frame.size() == p::header_size + 5);
+  // "SHCK" magic, version 1, type 3, id, length 5, reserved 0 — byte by byte.
+  BOOST_TEST(std::memcmp(frame.data(), "SHCK", 4) == 0);
+  BOOST_TEST(static_cast<int>(frame[4]) == 1);
+  BOOST_TEST(static_cast<int>(frame[6]) == 3);
+  BOOST_TEST(static_cast<int>(frame[8]) == 0x88);
+  BOOST_TEST(static_cast<int>(frame[15]) == 0x11);
+  BOOST_TEST(static_cast<int>(frame[16]) == 5);
+  auto h = p::decode_header(header_of(frame));
+  BOOST_TEST(h.request_id == 0x1122334455667788ull);
+  BOOST_TEST(h.payload_bytes == 5u);
+  BOOST_TEST(h.type == static_cast<std::uint16_t>(p::message_type::write_checkpoint));
+}
+
+BOOST_AUTO_TEST_CASE(malformed_headers_are_rejected_with_a_reason) {
+  auto good = p::make_frame(p::message_type::ping, 9, {});
+  auto bad = good;
+  bad[0] = std::byte{'X'};
+  expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "magic");
+  bad = good;
+  bad[4] = std::byte{2};
+  expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "version 2");
+  bad = good;
+  bad[6] = std::byte{99};
+  expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "unknown message type");
+  bad = good;
+  bad[20] = std::byte{1};
+  expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "reserved");
+  bad = good;
+  std::uint32_t huge = p::max_payload_bytes + 1;
+  std::memcpy(bad.data() + 16, &huge, 4);
+  expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "payload");
+}
+
+BOOST_AUTO_TEST_CASE(init_request_round_trips) {
+  p::init_request r;
+  r.init_function = "setup";
+  r.init_args = {{"a", "1"}, {"b", ""}};
+  r.writer_factory = "default";
+  r.writer_args = {{"rank", "3"}, {"world_size", "8"}};
+  r.segment_bytes = 1ull << 33;
+  auto back = p::decode_init(p::encode_init(r));
+  BOOST_TEST(back.init_function == "setup");
+  BOOST_TEST((back.init_args == r.init_args));
+  BOOST_TEST(back.writer_factory == "default");
+  BOOST_TEST((back.writer_args == r.writer_args));
+  BOOST_TEST(back.segment_bytes == r.segment_bytes);
+}
+
+BOOST_AUTO_TEST_CASE(write_request_round_trips_every_value_kind) {
+  arena a;
+  state_dict sd{
+      {"model", dict{{"w", a.make(dtype::f32, {2, 3}, 64)}, {"b", a.make(dtype::bf16, {3}, 128)}}},
+      {"step", 7},
+      {"lr", 0.001},
+      {"flag", true},
+      {"name", "run-1"},
+      {"nothing", none},
+      {"betas", list{0.9, 0.999, list{}, dict{}}},
+      {"scalar", a.make(dtype::i64, {}, 192)},
+  };
+  auto payload = p::encode_write("/ckpt/step_7", sd, {{"epoch", "2"}}, a.offset_of());
+  auto back = p::decode_write(payload, a.resolve());
+  BOOST_TEST(back.path == "/ckpt/step_7");
+  BOOST_TEST(back.kw.at("epoch") == "2");
+  BOOST_TEST((back.state == sd));
+  // The decoded tensors are views at the same offsets, not copies.
+  BOOST_TEST(back.state.at("model").as_dict().at("w").as_tensor().data() == a.bytes.data() + 64);
+  // Key order survives.
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : back.state) keys.push_back(k);
+  BOOST_TEST((keys == std::vector<std::string>{"model", "step", "lr", "flag", "name", "nothing",
+                                               "betas", "scalar"}));
+}
+
+BOOST_AUTO_TEST_CASE(response_round_trips) {
+  p::response r;
+  r.code = static_cast<std::uint32_t>(errc::child_failed);
+  r.message = "writer failed: disk on fire";
+  r.payload = {std::byte{1}, std::byte{2}};
+  auto back = p::decode_response(p::encode_response(r));
+  BOOST_TEST(!back.ok());
+  BOOST_TEST(back.code == r.code);
+  BOOST_TEST(back.message == r.message);
+  BOOST_TEST((back.payload == r.payload));
+  BOOST_TEST(p::decode_response(p::encode_response({})).ok());
+}
+
+BOOST_AUTO_TEST_CASE(every_truncation_of_a_write_request_is_rejected) {
+  arena a;
+  state_dict sd{{"t", a.make(dtype::f32, {4}, 0)}, {"l", list{1, "x", dict{{"k", 2.5}}}}};
+  auto payload = p::encode_write("/x", sd, {{"k", "v"}}, a.offset_of());
+  for (std::size_t n = 0; n < payload.size(); ++n) {
+    std::span<const std::byte> cut(payload.data(), n);
+    BOOST_CHECK_THROW(p::decode_write(cut, a.resolve()), error);
+  }
+  // Trailing garbage is rejected too.
+  payload.push_back(std::byte{0});
+  expect_protocol_error([&] { p::decode_write(payload, a.resolve()); }, "trailing");
+}
+
+BOOST_AUTO_TEST_CASE(hostile_descriptors_are_rejected_not_trusted) {
+  arena a;
+  auto encode_one = [&](const tensor& t) {
+    return p::encode_write("/x", state_dict{{"t", t}}, {}, a.offset_of());
+  };
+  // Locate the tensor record: path(4+2) kwargs(4) dict size(4) key(4+1) tag(1) dtype(1) rank(1).
+  const std::size_t dtype_at = 6 + 4 + 4 + 5 + 1;
+  const std::size_t dims_at = dtype_at + 2;
+
+  auto payload = encode_one(a.make(dtype::f32, {2, 2}, 0));
+  auto bad = payload;
+  bad[dtype_at] = std::byte{200};
+  expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "unknown dtype");
+
+  bad = payload;  // a dimension that makes the length disagree with dtype × shape
+  std::int64_t d = 3;
+  std::memcpy(bad.data() + dims_at, &d, 8);
+  expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "need 24");
+
+  bad = payload;  // negative dimension
+  d = -1;
+  std::memcpy(bad.data() + dims_at, &d, 8);
+  expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "negative");
+
+  bad = payload;  // a product that overflows 64 bits
+  d = std::int64_t{1} << 62;
+  std::memcpy(bad.data() + dims_at, &d, 8);
+  std::memcpy(bad.data() + dims_at + 8, &d, 8);
+  expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "overflow");
+
+  bad = payload;  // offset outside the segment: the resolver refuses
+  std::uint64_t off = 1ull << 40;
+  std::memcpy(bad.data() + dims_at + 16, &off, 8);
+  BOOST_CHECK_THROW(p::decode_write(bad, a.resolve()), error);
+
+  // A dict claiming four billion entries must fail before allocating anything.
+  bad = payload;
+  std::uint32_t many = 0xFFFFFFFFu;
+  std::memcpy(bad.data() + 10, &many, 4);
+  expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "claims");
+
+  // Unknown value tag.
+  bad = payload;
+  bad[dtype_at - 1] = std::byte{42};
+  expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "unknown value tag");
+}
+
+BOOST_AUTO_TEST_CASE(deep_nesting_is_capped) {
+  arena a;
+  dict sd;
+  dict* cur = &sd;
+  for (std::size_t i = 0; i < p::max_depth + 2; ++i) cur = &cur->operator[]("d").raw().emplace<dict>();
+  BOOST_CHECK_THROW(p::encode_write("/x", sd, {}, a.offset_of()), error);
+}
+
+BOOST_AUTO_TEST_CASE(random_corruption_never_crashes_the_decoder) {
+  arena a;
+  state_dict sd{{"t", a.make(dtype::f16, {8}, 0)}, {"n", list{1, 2.0, "three", none}}};
+  auto payload = p::encode_write("/p", sd, {{"a", "b"}}, a.offset_of());
+  std::uint64_t x = 88172645463325252ull;  // xorshift: deterministic
+  int rejected = 0;
+  for (int round = 0; round < 20000; ++round) {
+    auto bad = payload;
+    for (int k = 0; k < 3; ++k) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      bad[x % bad.size()] = static_cast<std::byte>(x >> 32);
+    }
+    try {
+      (void)p::decode_write(bad, a.resolve());
+    } catch (const error&) {
+      ++rejected;
+    }
+  }
+  BOOST_TEST(rejected > 0);
+}

@@ -1,3 +1,118 @@
 #define BOOST_TEST_MODULE segment_test
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <boost/test/unit_test.hpp>
-BOOST_AUTO_TEST_CASE(placeholder) { BOOST_TEST(true); }
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include "shmckpt/error.hpp"
+#include "shmckpt/segment.hpp"
+
+using namespace shmckpt;
+
+namespace {
+
+std::set<std::string> dev_shm_entries() {
+  std::set<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
+    out.insert(e.path().filename());
+  return out;
+}
+
+long minor_faults() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(segment_is_anonymous_and_leaves_nothing_in_dev_shm) {
+  auto before = dev_shm_entries();
+  {
+    auto seg = segment::create(4u << 20);
+    BOOST_TEST(seg.size() >= (4u << 20));
+    BOOST_TEST((dev_shm_entries() == before));
+    // Close-on-exec, so no unrelated child inherits it.
+    BOOST_TEST((::fcntl(seg.fd(), F_GETFD) & FD_CLOEXEC) != 0);
+  }
+  BOOST_TEST((dev_shm_entries() == before));
+}
+
+BOOST_AUTO_TEST_CASE(too_large_a_segment_fails_at_once_naming_sizes) {
+  try {
+    (void)segment::create(std::size_t{1} << 50);  // 1 PiB
+    BOOST_FAIL("a 1 PiB segment should not be creatable");
+  } catch (const error& e) {
+    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(errc::no_space));
+    std::string m = e.what();
+    BOOST_TEST(m.find("1125899906842624 bytes") != std::string::npos, m);
+    BOOST_TEST(m.find("available") != std::string::npos, m);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(allocations_are_aligned_bounded_and_reported_when_exhausted) {
+  auto seg = segment::create(1u << 20);
+  auto a = seg.allocate(1000);
+  auto b = seg.allocate(3);
+  BOOST_TEST(reinterpret_cast<std::uintptr_t>(a.get()) % 64 == 0u);
+  BOOST_TEST(reinterpret_cast<std::uintptr_t>(b.get()) % 64 == 0u);
+  BOOST_TEST(seg.contains(a.get(), 1000));
+  BOOST_TEST(!seg.contains(a.get(), seg.size()));
+  try {
+    (void)seg.allocate(2u << 20);
+    BOOST_FAIL("allocating more than the segment holds must fail");
+  } catch (const error& e) {
+    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(errc::no_space));
+    BOOST_TEST(std::string(e.what()).find("2097152 bytes") != std::string::npos, e.what());
+  }
+  auto free_before = seg.free_bytes();
+  a.reset();
+  BOOST_TEST(seg.free_bytes() > free_before);
+}
+
+BOOST_AUTO_TEST_CASE(resolve_checks_bounds) {
+  auto seg = segment::create(1u << 20);
+  BOOST_TEST(seg.resolve(0, seg.size()).size() == seg.size());
+  BOOST_TEST(seg.resolve(seg.size(), 0).size() == 0u);
+  BOOST_CHECK_THROW(seg.resolve(seg.size(), 1), error);
+  BOOST_CHECK_THROW(seg.resolve(1, seg.size()), error);
+  BOOST_CHECK_THROW(seg.resolve(~0ull, 2), error);  // offset + length would wrap
+}
+
+BOOST_AUTO_TEST_CASE(attached_mapping_sees_the_same_bytes) {
+  auto seg = segment::create(1u << 20);
+  auto t = seg.make_tensor(dtype::i32, {4});
+  t.data_as<std::int32_t>()[2] = 1234;
+  auto view = segment::attach(::fcntl(seg.fd(), F_DUPFD_CLOEXEC, 0), seg.size());
+  auto bytes = view.resolve(seg.offset_of(t.data()), t.nbytes());
+  std::int32_t v;
+  std::memcpy(&v, bytes.data() + 8, 4);
+  BOOST_TEST(v == 1234);
+  // The attached side cannot allocate: only the parent owns the allocator.
+  BOOST_CHECK_THROW(view.allocate(16), error);
+}
+
+BOOST_AUTO_TEST_CASE(tensors_keep_the_mapping_alive_after_the_handle_is_gone) {
+  tensor t;
+  {
+    auto seg = segment::create(1u << 20);
+    t = seg.make_tensor(dtype::f64, {3});
+  }
+  t.data_as<double>()[1] = 2.5;  // would fault if the mapping had been unmapped
+  BOOST_TEST(t.data_as<double>()[1] == 2.5);
+}
+
+BOOST_AUTO_TEST_CASE(prefaulted_segment_takes_no_page_faults_on_first_write) {
+  const std::size_t n = 32u << 20;
+  auto seg = segment::create(n + (1u << 20), /*prefault=*/true);
+  auto buf = seg.allocate(n);
+  long before = minor_faults();
+  std::memset(buf.get(), 1, n);
+  long faults = minor_faults() - before;
+  // 32 MiB is 8192 pages: a fresh mapping would take thousands of faults.
+  BOOST_TEST(faults < 256, "took " << faults << " minor faults writing a prefaulted buffer");
+}

@@ -1,3 +1,85 @@
 #define BOOST_TEST_MODULE state_dict_test
 #include <boost/test/unit_test.hpp>
-BOOST_AUTO_TEST_CASE(placeholder) { BOOST_TEST(true); }
+#include <cmath>
+#include <limits>
+
+#include "shmckpt/error.hpp"
+#include "shmckpt/state_dict.hpp"
+
+using namespace shmckpt;
+
+BOOST_AUTO_TEST_CASE(dtype_names_and_sizes_cover_the_safetensors_set) {
+  for (std::size_t i = 0; i < dtype_count; ++i) {
+    auto t = static_cast<dtype>(i);
+    BOOST_TEST(!dtype_name(t).empty());
+    BOOST_TEST((dtype_from_name(dtype_name(t)) == std::optional<dtype>(t)));
+    BOOST_TEST(dtype_bits(t) > 0u);
+  }
+  BOOST_TEST(dtype_bits(dtype::bf16) == 16u);
+  BOOST_TEST(dtype_bits(dtype::c64) == 64u);
+  BOOST_TEST(!dtype_from_name("F128").has_value());
+  std::vector<std::int64_t> s{3};
+  BOOST_TEST(!tensor_nbytes(dtype::f4, s).has_value());  // 12 bits: not whole bytes
+  s = {4};
+  BOOST_TEST(*tensor_nbytes(dtype::f6_e2m3, s) == 3u);
+  s = {-1};
+  BOOST_TEST(!tensor_nbytes(dtype::f32, s).has_value());
+  s = {std::int64_t{1} << 40, std::int64_t{1} << 40};
+  BOOST_TEST(!tensor_nbytes(dtype::f32, s).has_value());
+}
+
+BOOST_AUTO_TEST_CASE(tensor_checks_its_size_and_shares_memory_on_copy) {
+  std::vector<float> mem(6);
+  std::span<std::byte> bytes{reinterpret_cast<std::byte*>(mem.data()), 24};
+  tensor t(dtype::f32, {2, 3}, bytes);
+  tensor u = t;
+  u.data_as<float>()[4] = 5.0f;
+  BOOST_TEST(mem[4] == 5.0f);
+  BOOST_TEST(t.numel() == 6);
+  BOOST_CHECK_THROW(tensor(dtype::f32, {2, 2}, bytes), error);
+  BOOST_CHECK_THROW(t.data_as<double>(), error);
+  auto c = t.clone();
+  c.data_as<float>()[0] = 1.0f;
+  BOOST_TEST(mem[0] == 0.0f);
+  BOOST_TEST(!(c == t));
+}
+
+BOOST_AUTO_TEST_CASE(dict_keeps_insertion_order_and_finds_keys) {
+  dict d;
+  d["z"] = 1;
+  d["a"] = 2;
+  d["m"] = list{1, 2.5, "s", none, true};
+  d.insert_or_assign("a", 3);
+  std::vector<std::string> keys;
+  for (auto& [k, v] : d) keys.push_back(k);
+  BOOST_TEST((keys == std::vector<std::string>{"z", "a", "m"}));
+  BOOST_TEST(d.at("a").as_int() == 3);
+  BOOST_TEST(d.erase("z"));
+  BOOST_TEST(d.at("m").as_list().size() == 5u);
+  BOOST_TEST(d.find("z") == nullptr);
+  BOOST_CHECK_THROW(d.at("nope"), error);
+  BOOST_CHECK_THROW(d.at("a").as_string(), error);
+}
+
+BOOST_AUTO_TEST_CASE(value_equality_is_deep_and_bitwise_for_doubles) {
+  double nan = std::numeric_limits<double>::quiet_NaN();
+  BOOST_TEST((value(nan) == value(nan)));
+  BOOST_TEST(!(value(0.0) == value(-0.0)));
+  BOOST_TEST(!(value(1) == value(1.0)));
+  dict a{{"t", tensor::zeros(dtype::i16, {2})}, {"x", dict{{"y", list{1}}}}};
+  dict b = deep_clone(a);
+  BOOST_TEST((a == b));
+  b.at("t").as_tensor().data_as<std::int16_t>()[1] = 7;
+  BOOST_TEST(!(a == b));
+}
+
+BOOST_AUTO_TEST_CASE(flattened_names_join_keys_and_indexes) {
+  dict d{{"model", dict{{"w", tensor::zeros(dtype::f32, {1})}}},
+         {"opt", dict{{"state", list{dict{{"m", tensor::zeros(dtype::f32, {2})}}}}}}};
+  std::vector<std::string> names;
+  for_each_tensor(d, [&](const std::string& n, const tensor&) { names.push_back(n); });
+  BOOST_TEST((names == std::vector<std::string>{"model.w", "opt.state.0.m"}));
+  auto tot = count_tensors(d);
+  BOOST_TEST(tot.count == 2u);
+  BOOST_TEST(tot.bytes == 12u);
+}

@@ -1,1 +1,169 @@
-int main() { return 0; }
+// shmckpt-test-child: the helper executable of the test suites.
+//
+// As a checkpoint child (argv[1] == --shmckpt-worker) it registers test init functions and
+// writers and runs the real worker loop — unless SHMCKPT_TEST_CHILD_MODE selects a misbehaving
+// fake that speaks the protocol itself:
+//   ignore-terminate  answers INIT/PING/WRITE, ignores TERMINATE and SIGTERM
+//   close-channel     answers INIT/PING, then closes its control socket on the first WRITE and
+//                     stays alive
+//
+// As a stand-in trainer (argv[1] == parent) it starts a checkpoint_process whose child is this
+// executable, prints "<child pid>\n" once the child is ready, and blocks on stdin; the test then
+// SIGKILLs it to check that the orphaned child exits.
+#include <signal.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "shmckpt/checkpoint_process.hpp"
+#include "shmckpt/error.hpp"
+#include "shmckpt/protocol.hpp"
+#include "shmckpt/worker.hpp"
+
+namespace {
+
+using namespace shmckpt;
+
+// Writes every kwarg, every factory arg and every tensor name to <path>/record.txt; appends
+// the path to the file named by kwarg "log"; throws the text of kwarg "fail".
+class record_writer : public checkpoint_writer {
+ public:
+  explicit record_writer(kwargs args) : args_(std::move(args)) {}
+  void write(const state_dict& sd, const std::filesystem::path& path,
+             const kwargs& kw) override {
+    if (auto it = kw.find("fail"); it != kw.end()) throw std::runtime_error(it->second);
+    if (auto it = kw.find("log"); it != kw.end()) std::ofstream(it->second, std::ios::app) << path.string() << "\n";
+    std::filesystem::create_directories(path);
+    std::ofstream out(path / "record.txt");
+    for (const auto& [k, v] : kw) out << "kw " << k << "=" << v << "\n";
+    for (const auto& [k, v] : args_) out << "arg " << k << "=" << v << "\n";
+    for_each_tensor(sd, [&](const std::string& name, const tensor& t) {
+      out << "tensor " << name << " " << t.nbytes() << "\n";
+    });
+    for (const auto& [k, v] : sd)
+      if (v.type() == kind::integer) out << "int " << k << "=" << v.as_int() << "\n";
+    if (!out) throw std::runtime_error("cannot write record.txt");
+  }
+
+ private:
+  kwargs args_;
+};
+
+// Sets element [0][0] of the F32 tensor "w" to 42, in the shared memory the parent handed over.
+class set_42_writer : public checkpoint_writer {
+ public:
+  void write(const state_dict& sd, const std::filesystem::path&, const kwargs&) override {
+    sd.at("w").as_tensor().data_as<float>()[0] = 42.0f;
+  }
+};
+
+class failing_writer : public checkpoint_writer {
+ public:
+  void write(const state_dict&, const std::filesystem::path& path, const kwargs&) override {
+    throw std::runtime_error("disk on fire while writing " + path.string());
+  }
+};
+
+// Announces that it started (a "started" file in path) and then blocks until killed.
+class blocking_writer : public checkpoint_writer {
+ public:
+  void write(const state_dict&, const std::filesystem::path& path, const kwargs&) override {
+    std::filesystem::create_directories(path);
+    std::ofstream(path / "started") << ::getpid();
+    for (;;) ::pause();
+  }
+};
+
+void register_all() {
+  register_init_function("sleep", [](const kwargs& a) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::stol(a.at("ms"))));
+  });
+  register_init_function("fail", [](const kwargs& a) {
+    throw std::runtime_error("init exploded: " + a.at("message"));
+  });
+  register_init_function("touch", [](const kwargs& a) { std::ofstream(a.at("file")) << "init"; });
+  register_writer_factory("record", [](const kwargs& a) {
+    return std::make_unique<record_writer>(a);
+  });
+  register_writer_factory("set_42", [](const kwargs&) { return std::make_unique<set_42_writer>(); });
+  register_writer_factory("fail_write", [](const kwargs&) {
+    return std::make_unique<failing_writer>();
+  });
+  register_writer_factory("block", [](const kwargs&) {
+    return std::make_unique<blocking_writer>();
+  });
+  register_writer_factory("fail_factory", [](const kwargs&) -> std::unique_ptr<checkpoint_writer> {
+    throw std::runtime_error("writer factory exploded");
+  });
+}
+
+// ---- fake children --------------------------------------------------------------------------
+
+bool read_exact(int fd, void* p, std::size_t n) {
+  auto* c = static_cast<char*>(p);
+  while (n) {
+    ssize_t r = ::read(fd, c, n);
+    if (r <= 0) return false;
+    c += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+void answer(int fd, std::uint64_t id) {
+  auto frame = protocol::make_frame(protocol::message_type::response, id,
+                                    protocol::encode_response({}));
+  if (::write(fd, frame.data(), frame.size()) != static_cast<ssize_t>(frame.size())) std::_Exit(9);
+}
+
+int fake_child(const std::string& mode) {
+  ::signal(SIGTERM, SIG_IGN);
+  const int fd = 3;  // where checkpoint_process puts the control socket
+  for (;;) {
+    std::array<std::byte, protocol::header_size> hb;
+    if (!read_exact(fd, hb.data(), hb.size())) break;
+    auto h = protocol::decode_header(hb);
+    std::vector<std::byte> payload(h.payload_bytes);
+    if (!read_exact(fd, payload.data(), payload.size())) break;
+    auto type = static_cast<protocol::message_type>(h.type);
+    if (type == protocol::message_type::terminate) continue;  // ignored on purpose
+    if (type == protocol::message_type::write_checkpoint && mode == "close-channel") {
+      ::close(fd);
+      break;
+    }
+    answer(fd, h.request_id);
+  }
+  for (;;) ::pause();  // stay alive until killed
+}
+
+int stand_in_parent(char* self) {
+  checkpoint_process_options o;
+  o.worker = worker_binary::custom;
+  o.worker_path = self;
+  o.segment_bytes = 8u << 20;
+  checkpoint_process proc(o);
+  proc.wait_ready();
+  std::cout << proc.child_pid() << std::endl;
+  std::string line;
+  std::getline(std::cin, line);  // blocks until the test kills us
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "parent") == 0) return stand_in_parent(argv[0]);
+  if (const char* mode = std::getenv("SHMCKPT_TEST_CHILD_MODE");
+      mode && *mode && argc > 1 && std::strcmp(argv[1], worker_flag) == 0)
+    return fake_child(mode);
+  register_all();
+  run_worker_if_requested(argc, argv);
+  std::cerr << "shmckpt-test-child: run me as a checkpoint child or with 'parent'\n";
+  return 2;
+}

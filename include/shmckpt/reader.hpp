@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shmckpt/state_dict.hpp"
@@ -43,7 +44,25 @@ struct tensor_entry {
   std::string checksum;              // "xxh3:<16 hex digits>", or empty when not recorded
 };
 
-/// The validated header of a checkpoint file: its tensor entries in file order.
+/// The validated header of a checkpoint file: its tensor entries in file order (ascending
+/// offset). Validates exactly what `read` validates except the tensor bytes, which it never
+/// touches. A directory means its checkpoint_0.safetensors. Errors as for `read`.
 std::vector<tensor_entry> list_entries(const std::filesystem::path& file);
+
+/// One tensor's recorded checksum next to the checksum of its bytes (see check_checksums).
+struct checksum_check {
+  std::string name;      // flattened key path
+  std::string recorded;  // "xxh3:<16 hex digits>" from the header, or empty when not recorded
+  std::string actual;    // "xxh3:<16 hex digits>" computed from the bytes in the file
+  bool ok() const noexcept { return recorded.empty() || recorded == actual; }
+};
+
+/// Validates the file like `read` (same path rules and errors), then hashes every tensor and
+/// reports all of them in file order; a mismatch is a result here, not an exception.
+std::vector<checksum_check> check_checksums(const std::filesystem::path& file_or_dir,
+                                            int rank = 0);
+
+/// The shmckpt library version, e.g. "0.1.0".
+std::string_view library_version() noexcept;
 
 }  // namespace shmckpt

@@ -1,0 +1,141 @@
+// shmckpt/checkpoint_process.hpp — the parent side: one long-lived checkpoint child.
+//
+// A `checkpoint_process` starts a checkpoint child (Boost.Process v2), gives it an anonymous
+// shared-memory segment (a memfd, inherited at spawn: nothing appears in /dev/shm and nothing can
+// leak there) and one end of a private socket pair (no filesystem endpoint), and completes an
+// INIT + PING handshake within `init_timeout`. `write()` hands a state dict to the child and
+// returns a future at once; the child persists it durably while the trainer goes on.
+//
+// Ownership. The parent alone allocates, frees and names memory in the segment; the child only
+// resolves bounds-checked (offset, length) pairs. Tensors whose bytes already lie in the segment
+// (see `make_tensor`) cross zero-copy: the child sees the very same pages. Any other tensor is
+// copied into the segment inside `write()` (for a ready state dict) or when its future resolves
+// (for a future state dict); that copy is released when the child answers. A shared tensor must
+// not be modified until the future of every write that includes it has resolved.
+//
+// Lifetime. Requests are served strictly in order. `close()` (also run by the destructor) lets
+// queued writes finish, sends TERMINATE, waits up to `shutdown_timeout`, then kills and reaps the
+// child. If the child dies at any moment, every pending and later future fails within about a
+// second with a message containing "Child process terminated unexpectedly" and the reason
+// ("killed by signal 9", "exited with status 3"). If the parent dies, the child notices the
+// closed socket and exits.
+//
+// Thread safety: all public members may be called concurrently from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shmckpt/state_dict.hpp"
+#include "shmckpt/types.hpp"
+
+namespace shmckpt {
+
+/// Which executable becomes the checkpoint child.
+enum class worker_binary {
+  /// The installed `shmckpt-worker` (found beside libshmckpt, or at $SHMCKPT_WORKER). Only the
+  /// built-in writer ("default") and no init functions are available in it.
+  shmckpt_worker,
+  /// This process's own executable (/proc/self/exe), re-entered through
+  /// `shmckpt::run_worker_if_requested(argc, argv)` at the top of `main` (worker.hpp). Init
+  /// functions and writer factories registered by name in the trainer are available.
+  this_executable,
+  /// The executable at `checkpoint_process_options::worker_path`; it must call
+  /// `run_worker_if_requested` (or be a `shmckpt-worker`).
+  custom,
+};
+
+struct checkpoint_process_options {
+  /// Which executable to start as the child.
+  worker_binary worker = worker_binary::shmckpt_worker;
+  /// Path of the child executable for `worker_binary::custom`; also overrides the lookup of
+  /// `shmckpt-worker` when set.
+  std::filesystem::path worker_path;
+  /// Bound on spawn + init function + writer factory + PING. Reference default: 30 s.
+  std::chrono::milliseconds init_timeout{std::chrono::seconds(30)};
+  /// How long close() waits for the child to finish queued writes and exit after TERMINATE
+  /// before killing it. Reference default: 60 s.
+  std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(60)};
+  /// Name of an init function registered in the child (empty: none), run before the writer is
+  /// built, with `init_args`.
+  std::string init_function;
+  kwargs init_args;
+  /// Name of the writer factory registered in the child. "default" writes
+  /// `<path>/checkpoint_<rank>.safetensors`. `writer_args` gain "rank" and "world_size".
+  std::string writer_factory = "default";
+  kwargs writer_args;
+  /// This trainer's rank; passed to the writer factory.
+  rank_info rank;
+  /// Size of the shared segment. Every tensor of one write that is not already shared, plus all
+  /// tensors made with make_tensor(), must fit. Reserved up front: creation fails at once with a
+  /// clear error when the memory is not there.
+  std::size_t segment_bytes = std::size_t{256} << 20;
+  /// Fault every page of the segment in at creation, so copies into it run at memcpy speed
+  /// instead of page-fault speed (about 7× slower on first touch).
+  bool prefault = true;
+};
+
+class checkpoint_process {
+ public:
+  /// Creates the segment, starts the child and begins the handshake; returns without waiting
+  /// for it. Throws error(no_space) when the segment cannot be reserved (naming the size asked
+  /// and the room available), error(not_found) when the worker executable is missing,
+  /// error(unsupported) when the kernel lacks memfd or pidfd support.
+  explicit checkpoint_process(checkpoint_process_options options = {});
+  /// Runs close(); never throws.
+  ~checkpoint_process();
+  checkpoint_process(const checkpoint_process&) = delete;
+  checkpoint_process& operator=(const checkpoint_process&) = delete;
+
+  /// Blocks until the child answered PING (at most init_timeout after construction). Throws
+  /// error(timeout) "Timed out after Ns waiting for checkpoint subprocess to initialize",
+  /// error(child_failed) carrying the child's message when the init function or the writer
+  /// factory failed, error(child_terminated) when the child died.
+  void wait_ready();
+
+  /// Queues a write of `sd` to `path` and returns its future. Waits for initialisation first
+  /// (throwing as wait_ready does). Tensors outside the segment are copied into it before
+  /// returning; shared tensors are not copied. The future becomes ready when the checkpoint is
+  /// durable, or holds an error(child_failed) with the writer's message, error(no_space) when
+  /// the segment cannot hold the copies, or error(child_terminated).
+  std::future<void> write(state_dict sd, std::filesystem::path path, kwargs kw = {});
+
+  /// As above for a state dict still being produced (e.g. staged on another thread). Returns at
+  /// once; the write is queued in order and sent when `sd` is ready. An exception in `sd`
+  /// fails this write's future.
+  std::future<void> write(std::shared_future<state_dict> sd, std::filesystem::path path,
+                          kwargs kw = {});
+
+  /// A zero-filled tensor whose bytes live in the shared segment: writes that include it cost
+  /// no copy. Its memory returns to the segment when the last copy of the tensor is destroyed
+  /// (it stays valid after close()). Throws error(no_space) naming the bytes asked and free.
+  tensor make_tensor(dtype type, std::vector<std::int64_t> shape);
+
+  /// Whether `t`'s bytes lie inside this process's shared segment.
+  bool is_shared(const tensor& t) const noexcept;
+
+  /// Bytes of the segment not currently allocated.
+  std::size_t segment_free_bytes() const;
+
+  /// The child's pid (for diagnostics and tests).
+  int child_pid() const noexcept;
+
+  /// True until the child has exited and been reaped.
+  bool child_running() const;
+
+  /// Lets queued writes finish, sends TERMINATE, waits up to shutdown_timeout, then kills and
+  /// reaps the child. Futures still pending afterwards fail with error(closed). Idempotent.
+  /// Throws nothing when the child exited cleanly; returns normally in every case.
+  void close() noexcept;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace shmckpt
