@@ -33,7 +33,11 @@ const std::error_category& category() noexcept {
 
 std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), category()}; }
 
-error::error(errc code, const std::string& what) : std::system_error(make_error_code(code), what) {}
+error::error(errc code, const std::string& what)
+    : std::system_error(make_error_code(code), what),
+      message_(std::make_shared<const std::string>(what)) {}
+
+const char* error::what() const noexcept { return message_->c_str(); }
 
 void throw_error(errc code, const std::string& what) { throw error(code, what); }
 

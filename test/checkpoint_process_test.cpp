@@ -3,6 +3,7 @@
 
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <boost/test/unit_test.hpp>
@@ -302,6 +303,46 @@ BOOST_AUTO_TEST_CASE(parent_killed_makes_the_child_exit_and_leaves_nothing_in_de
   ::close(in[1]);
   BOOST_TEST(test::wait_pid_gone(grandchild, 10s), "checkpoint child outlived its parent");
   BOOST_TEST((dev_shm_entries() == shm_before));
+}
+
+BOOST_AUTO_TEST_CASE(child_inherits_no_descriptors_but_its_own_two) {
+  temp_dir dir;
+  int leak[2];
+  BOOST_TEST_REQUIRE(::pipe(leak) == 0);  // deliberately not close-on-exec
+  // Move it above the child's fixed descriptors 3 and 4 (which are overwritten at spawn) and
+  // below the launcher's own descriptors (above which Boost closes everything itself).
+  for (int& fd : leak) {
+    int moved = ::fcntl(fd, F_DUPFD, 5);
+    ::close(fd);
+    fd = moved;
+  }
+  struct stat st {};
+  ::fstat(leak[0], &st);
+  std::string leaked_pipe = "pipe:[" + std::to_string(st.st_ino) + "]";
+  {
+    checkpoint_process proc(child_options("fds"));
+    proc.write(small_state(), dir.path()).get();
+  }
+  ::close(leak[0]);
+  ::close(leak[1]);
+  std::ifstream in(dir / "fds.txt");
+  std::string line;
+  int sockets = 0, memfds = 0;
+  while (std::getline(in, line)) {
+    auto space = line.find(' ');
+    std::string fd = line.substr(0, space), target = line.substr(space + 1);
+    BOOST_TEST(target != leaked_pipe, "child inherited the parent's pipe as fd " << fd);
+    if (target.rfind("socket:", 0) == 0) {
+      ++sockets;
+      BOOST_TEST(fd == "3", "unexpected socket at fd " << fd);
+    }
+    if (target.find("memfd:") != std::string::npos) {
+      ++memfds;
+      BOOST_TEST(fd == "4", "unexpected memfd at fd " << fd);
+    }
+  }
+  BOOST_TEST(sockets == 1);
+  BOOST_TEST(memfds == 1);
 }
 
 BOOST_AUTO_TEST_CASE(shared_tensor_is_the_same_memory_in_parent_and_child) {

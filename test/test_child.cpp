@@ -80,7 +80,24 @@ class blocking_writer : public checkpoint_writer {
   }
 };
 
+// Lists the child's open descriptors ("<fd> <target>" per line) in <path>/fds.txt.
+class fd_list_writer : public checkpoint_writer {
+ public:
+  void write(const state_dict&, const std::filesystem::path& path, const kwargs&) override {
+    std::vector<std::string> lines;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+      std::error_code ec;
+      auto target = std::filesystem::read_symlink(e.path(), ec);
+      lines.push_back(e.path().filename().string() + " " + target.string());
+    }
+    std::filesystem::create_directories(path);
+    std::ofstream out(path / "fds.txt");
+    for (const auto& l : lines) out << l << "\n";
+  }
+};
+
 void register_all() {
+  register_writer_factory("fds", [](const kwargs&) { return std::make_unique<fd_list_writer>(); });
   register_init_function("sleep", [](const kwargs& a) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::stol(a.at("ms"))));
   });

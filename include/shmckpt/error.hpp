@@ -10,6 +10,7 @@
 // Thread safety: everything here is stateless and safe to use from any thread.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <system_error>
 
@@ -42,6 +43,11 @@ class error : public std::system_error {
   error(errc code, const std::string& what);
   /// The failure mode, without the need to compare categories.
   errc kind() const noexcept { return static_cast<errc>(code().value()); }
+  /// The context message alone (std::system_error would append the category's text).
+  const char* what() const noexcept override;
+
+ private:
+  std::shared_ptr<const std::string> message_;  // shared: copying an exception must not throw
 };
 
 /// Throws `error(code, what)`. Out of line to keep throw sites small.

@@ -1,0 +1,311 @@
+// reader_test — read(), list_entries() and check_checksums() on good, foreign and hostile files.
+#define BOOST_TEST_MODULE reader_test
+#include <boost/test/unit_test.hpp>
+
+#include <cstring>
+#include <random>
+
+#include "hostile/hostile_files.hpp"
+#include "shmckpt/error.hpp"
+#include "shmckpt/reader.hpp"
+#include "shmckpt/writer.hpp"
+
+using namespace shmckpt;
+using shmckpt_test::read_file;
+using shmckpt_test::safetensors_bytes;
+using shmckpt_test::scratch_dir;
+using shmckpt_test::write_file;
+namespace fs = std::filesystem;
+
+namespace {
+
+tensor random_tensor(dtype t, std::vector<std::int64_t> shape, std::uint64_t seed) {
+  tensor x = tensor::zeros(t, std::move(shape));
+  std::mt19937_64 rng(seed);
+  for (auto& b : x.bytes()) b = static_cast<std::byte>(rng());
+  return x;
+}
+
+std::string floats(std::initializer_list<float> v) {
+  std::string s(v.size() * 4, '\0');
+  std::memcpy(s.data(), v.begin(), s.size());
+  return s;
+}
+
+std::string int64s(std::initializer_list<std::int64_t> v) {
+  std::string s(v.size() * 8, '\0');
+  std::memcpy(s.data(), v.begin(), s.size());
+  return s;
+}
+
+auto expect_error(errc want, std::vector<std::string> phrases) {
+  return [want, phrases](const error& e) {
+    std::string m = e.what();
+    BOOST_TEST_INFO("message: " << m);
+    bool ok = e.kind() == want;
+    for (const auto& p : phrases) ok = ok && m.find(p) != std::string::npos;
+    return ok;
+  };
+}
+
+// Byte offset where tensor `name`'s bytes start in `file`.
+std::uint64_t file_offset_of(const fs::path& file, const std::string& name) {
+  std::string bytes = read_file(file);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  for (const auto& e : list_entries(file))
+    if (e.name == name) return 8 + n + e.offset;
+  throw std::runtime_error("no tensor " + name);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(hand_written_spec_file_reads_as_a_flat_dict_in_file_order) {
+  scratch_dir dir("reader");
+  // Written from the spec, not by our writer: header keys in a different order than the data,
+  // foreign metadata, no shmckpt tree.
+  std::string header =
+      R"({"idx":{"dtype":"I64","shape":[2],"data_offsets":[24,40]},)"
+      R"("__metadata__":{"format":"pt"},)"
+      R"("weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},)"
+      R"("bias":{"dtype":"F32","shape":[2],"data_offsets":[16,24]}})";
+  std::string data = floats({1, 2, 3, 4}) + floats({-1.5f, 0.25f}) + int64s({7, -9});
+  fs::path file = dir / "foreign.safetensors";
+  write_file(file, safetensors_bytes(header, data));
+
+  state_dict sd = read(file);
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : sd) keys.push_back(k);
+  BOOST_TEST((keys == std::vector<std::string>{"weight", "bias", "idx"}));
+  auto w = sd.at("weight").as_tensor().data_as<float>();
+  BOOST_TEST((std::vector<float>(w.begin(), w.end()) == std::vector<float>{1, 2, 3, 4}));
+  auto b = sd.at("bias").as_tensor().data_as<float>();
+  BOOST_TEST((std::vector<float>(b.begin(), b.end()) == std::vector<float>{-1.5f, 0.25f}));
+  auto i = sd.at("idx").as_tensor().data_as<std::int64_t>();
+  BOOST_TEST((std::vector<std::int64_t>(i.begin(), i.end()) == std::vector<std::int64_t>{7, -9}));
+  BOOST_TEST((sd.at("weight").as_tensor().shape() == std::vector<std::int64_t>{2, 2}));
+
+  auto entries = list_entries(file);
+  BOOST_TEST_REQUIRE(entries.size() == 3u);
+  BOOST_TEST(entries[0].name == "weight");
+  BOOST_TEST(entries[1].offset == 16u);
+  BOOST_TEST(entries[2].nbytes == 16u);
+  BOOST_TEST(entries[2].checksum.empty());
+
+  // Same bytes, header left unpadded: the data section starts misaligned; tensors must still
+  // read correctly and be safe to access as their element type.
+  fs::path unpadded = dir / "unpadded.safetensors";
+  write_file(unpadded, safetensors_bytes(header + " ", data, false));
+  state_dict u = read(unpadded);
+  BOOST_TEST((u == sd));
+  for (const auto& [k, v] : u)
+    BOOST_TEST(reinterpret_cast<std::uintptr_t>(v.as_tensor().data()) % 4 == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(files_without_tensors_read_as_empty_dicts) {
+  scratch_dir dir("reader");
+  write_file(dir / "a.safetensors", safetensors_bytes("{}", ""));
+  write_file(dir / "b.safetensors", safetensors_bytes(R"({"__metadata__":{}})", ""));
+  BOOST_TEST(read(dir / "a.safetensors").empty());
+  BOOST_TEST(read(dir / "b.safetensors").empty());
+  write_safetensors(dir / "c.safetensors", {{"step", 3}, {"empty", dict{}}});
+  state_dict c = read(dir / "c.safetensors");
+  BOOST_TEST(c.at("step").as_int() == 3);
+  BOOST_TEST(list_entries(dir / "c.safetensors").empty());
+}
+
+BOOST_AUTO_TEST_CASE(tensors_view_one_private_copy_on_write_mapping) {
+  scratch_dir dir("reader");
+  fs::path file = dir / "ckpt.safetensors";
+  state_dict original{{"a", random_tensor(dtype::f32, {64}, 1)},
+                      {"b", random_tensor(dtype::i64, {8}, 2)}};
+  write_safetensors(file, original);
+  std::string bytes_before = read_file(file);
+
+  state_dict sd = read(file);
+  const auto& a = sd.at("a").as_tensor();
+  const auto& b = sd.at("b").as_tensor();
+  BOOST_TEST(a.owner() != nullptr);
+  BOOST_TEST(a.owner().get() == b.owner().get());  // one mapping for the whole file
+
+  a.data_as<float>()[0] = 12345.0f;  // private page: the file must not change
+  BOOST_TEST(read_file(file) == bytes_before);
+  BOOST_TEST((read(file).at("a") == original.at("a")));
+
+  // The mapping outlives the file's name and the dict it came from.
+  tensor kept = b;
+  sd = {};
+  fs::remove(file);
+  BOOST_TEST((kept == original.at("b").as_tensor()));
+}
+
+BOOST_AUTO_TEST_CASE(copy_option_gives_private_tensors_independent_of_the_file) {
+  scratch_dir dir("reader");
+  fs::path file = dir / "ckpt.safetensors";
+  state_dict original{{"a", random_tensor(dtype::f32, {64}, 1)},
+                      {"b", random_tensor(dtype::u8, {5}, 2)}};
+  write_safetensors(file, original);
+  read_options opt;
+  opt.copy = true;
+  state_dict sd = read(file, opt);
+  BOOST_TEST((sd == original));
+  BOOST_TEST(sd.at("a").as_tensor().owner().get() != sd.at("b").as_tensor().owner().get());
+  fs::remove(file);
+  BOOST_TEST((sd == original));
+}
+
+BOOST_AUTO_TEST_CASE(verify_checksums_detects_a_flipped_byte_and_names_the_tensor) {
+  scratch_dir dir("reader");
+  fs::path file = dir / "ckpt.safetensors";
+  state_dict original{{"a", random_tensor(dtype::f32, {64}, 1)},
+                      {"b", random_tensor(dtype::f32, {64}, 2)},
+                      {"c", random_tensor(dtype::u8, {3}, 3)}};
+  write_safetensors(file, original);
+  read_options verify;
+  verify.verify_checksums = true;
+  BOOST_TEST((read(file, verify) == original));
+  for (const auto& c : check_checksums(file)) BOOST_TEST(c.ok());
+
+  std::string bytes = read_file(file);
+  bytes[file_offset_of(file, "b") + 17] ^= 0x04;  // one bit, in the middle of tensor b
+  write_file(file, bytes);
+
+  BOOST_CHECK_NO_THROW(read(file));  // without verification the bytes are just bytes
+  BOOST_CHECK_EXCEPTION(read(file, verify), error,
+                        expect_error(errc::corrupt_data,
+                                     {file.string(), "tensor 'b'", "checksum mismatch"}));
+  auto checks = check_checksums(file);
+  BOOST_TEST_REQUIRE(checks.size() == 3u);
+  for (const auto& c : checks) {
+    BOOST_TEST_CONTEXT(c.name) {
+      BOOST_TEST(c.ok() == (c.name != "b"));
+      BOOST_TEST(c.recorded.starts_with("xxh3:"));
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(missing_files_give_not_found_naming_the_file) {
+  scratch_dir dir("reader");
+  BOOST_CHECK_EXCEPTION(read(dir / "nope.safetensors"), error,
+                        expect_error(errc::not_found, {"nope.safetensors", "no such file"}));
+  BOOST_CHECK_EXCEPTION(list_entries(dir / "nope.safetensors"), error,
+                        expect_error(errc::not_found, {"nope.safetensors"}));
+  // A directory means its rank file.
+  BOOST_CHECK_EXCEPTION(read(dir.path()), error,
+                        expect_error(errc::not_found, {"checkpoint_0.safetensors"}));
+  BOOST_CHECK_EXCEPTION(read(dir.path(), {}, -1), error,
+                        expect_error(errc::invalid_argument, {"-1"}));
+}
+
+BOOST_AUTO_TEST_CASE(a_directory_reads_the_requested_rank_file) {
+  scratch_dir dir("reader");
+  for (int r = 0; r < 3; ++r)
+    write_safetensors(checkpoint_file_path(dir.path(), r), {{"rank", r}});
+  BOOST_TEST(read(dir.path()).at("rank").as_int() == 0);
+  BOOST_TEST(read(dir.path(), {}, 2).at("rank").as_int() == 2);
+  BOOST_CHECK_EXCEPTION(read(dir.path(), {}, 3), error,
+                        expect_error(errc::not_found, {"checkpoint_3.safetensors"}));
+}
+
+BOOST_AUTO_TEST_CASE(something_other_than_a_regular_file_gives_io_error) {
+  scratch_dir dir("reader");
+  fs::create_directory(dir / "checkpoint_0.safetensors");
+  BOOST_CHECK_EXCEPTION(read(dir.path()), error,
+                        expect_error(errc::io_error, {"checkpoint_0.safetensors", "not a regular file"}));
+  BOOST_CHECK_EXCEPTION(list_entries("/dev/null"), error,
+                        expect_error(errc::io_error, {"/dev/null", "not a regular file"}));
+}
+
+BOOST_AUTO_TEST_CASE(hostile_files_are_rejected_as_corrupt_data_naming_file_and_field) {
+  scratch_dir dir("reader");
+  auto cases = shmckpt_test::hostile_cases();
+  BOOST_TEST(cases.size() >= 40u);
+  for (const auto& c : cases) {
+    BOOST_TEST_CONTEXT("hostile case " << c.name) {
+      fs::path file = dir / (c.name + ".safetensors");
+      write_file(file, c.bytes);
+      auto check = expect_error(errc::corrupt_data, {"checkpoint '" + file.string() + "'", c.expect});
+      BOOST_CHECK_EXCEPTION(read(file), error, check);
+      BOOST_CHECK_EXCEPTION(list_entries(file), error, check);
+      BOOST_CHECK_EXCEPTION(check_checksums(file), error, check);
+      read_options copy;
+      copy.copy = true;
+      copy.verify_checksums = true;
+      BOOST_CHECK_EXCEPTION(read(file, copy), error, check);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(every_truncation_of_a_real_checkpoint_is_rejected) {
+  scratch_dir dir("reader");
+  fs::path good = dir / "good.safetensors";
+  write_safetensors(good, {{"w", random_tensor(dtype::f32, {4}, 1)},
+                           {"meta", dict{{"step", 10}, {"lr", 0.5}}}});
+  std::string bytes = read_file(good);
+  fs::path cut = dir / "cut.safetensors";
+  for (std::size_t len = 0; len < bytes.size(); ++len) {
+    BOOST_TEST_CONTEXT("first " << len << " bytes") {
+      write_file(cut, std::string_view(bytes).substr(0, len));
+      BOOST_CHECK_EXCEPTION(read(cut), error, [](const error& e) {
+        return e.kind() == errc::corrupt_data;
+      });
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(any_single_byte_change_in_the_header_is_rejected_or_harmless) {
+  // A small mutation fuzzer over the header: each result is either a valid file or
+  // error(corrupt_data) — never a crash, a hang or another kind of exception.
+  scratch_dir dir("reader");
+  fs::path good = dir / "good.safetensors";
+  write_safetensors(good, {{"w", random_tensor(dtype::f32, {4}, 1)},
+                           {"l", list{1, "s", none, true}},
+                           {"b", random_tensor(dtype::bf16, {3}, 2)}});
+  std::string bytes = read_file(good);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  fs::path mutated = dir / "m.safetensors";
+  std::size_t rejected = 0;
+  for (std::size_t pos = 0; pos < 8 + n; ++pos) {
+    for (char replacement : {'\0', '"', '9', '}', '\xff'}) {
+      if (bytes[pos] == replacement) continue;
+      std::string m = bytes;
+      m[pos] = replacement;
+      write_file(mutated, m);
+      try {
+        read(mutated);
+        list_entries(mutated);
+      } catch (const error& e) {
+        BOOST_TEST_CONTEXT("byte " << pos << " := " << int(replacement)) {
+          BOOST_TEST(e.kind() == errc::corrupt_data, e.what());
+        }
+        ++rejected;
+      }
+    }
+  }
+  BOOST_TEST(rejected >= 2 * (8 + n));  // most changes must be caught, not just survived
+}
+
+BOOST_AUTO_TEST_CASE(list_entries_gives_contiguous_entries_with_checksums) {
+  scratch_dir dir("reader");
+  fs::path file = dir / "ckpt.safetensors";
+  write_safetensors(file, {{"x", random_tensor(dtype::u8, {3}, 1)},
+                           {"y", random_tensor(dtype::f64, {2, 2}, 2)},
+                           {"z", random_tensor(dtype::i32, {5}, 3)}});
+  auto entries = list_entries(file);
+  BOOST_TEST_REQUIRE(entries.size() == 3u);
+  std::uint64_t expected = 0;
+  for (const auto& e : entries) {
+    BOOST_TEST(e.offset == expected);
+    expected += e.nbytes;
+    BOOST_TEST(e.checksum.size() == 21u);
+    BOOST_TEST(e.checksum.find_first_not_of("0123456789abcdef", 5) == std::string::npos);
+  }
+  // Largest alignment first, so F64 leads; key order lives in the tree, not here.
+  BOOST_TEST(entries[0].name == "y");
+  BOOST_TEST(entries[0].type == dtype::f64);
+  BOOST_TEST((entries[0].shape == std::vector<std::int64_t>{2, 2}));
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : read(file)) keys.push_back(k);
+  BOOST_TEST((keys == std::vector<std::string>{"x", "y", "z"}));
+}
