@@ -1,1 +1,901 @@
-// placeholder
+// safetensors.cpp — encoding and validating the shmckpt flavour of safetensors.
+//
+// A file is `u64 N` (little-endian), `N` bytes of JSON padded with spaces so that 8 + N is a
+// multiple of 8, then the data section: every tensor's bytes, back to back from offset 0, no
+// holes, no trailing bytes (docs/format.md has the full layout). The JSON maps each tensor name
+// to {"dtype", "shape", "data_offsets"}; `__metadata__` (string → string only) carries what
+// plain safetensors cannot: the state-dict tree ("shmckpt.tree", itself a JSON document stored
+// as a string) and per-tensor XXH3-64 checksums ("shmckpt.checksums").
+//
+// Writing happens in one pass over the tensor bytes, so the header must be final in size before
+// any checksum is known: checksums are fixed-width hex fields, laid out as zeros here and filled
+// in by the writer once each tensor has been hashed (set_checksum). Tensors are placed in the
+// data section in descending order of element alignment (8-byte types first, then 4, 2, 1):
+// with the data section itself 8-aligned, every tensor of a mapped file is then naturally
+// aligned and can be used in place. The tree, not the header order, carries the user's key
+// order.
+//
+// Reading treats the header as hostile. Boost.JSON keeps only the last of duplicate object keys,
+// which would let a file smuggle a second definition of a tensor past validation, so every JSON
+// document goes through a first, allocation-light pass (a basic_parser handler) that rejects
+// duplicate keys before the DOM is built.
+#include "safetensors.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <charconv>
+#include <cstring>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <boost/json/basic_parser_impl.hpp>
+#include <boost/json/parse.hpp>
+
+#include "shmckpt/error.hpp"
+
+namespace shmckpt::detail {
+namespace json = boost::json;
+
+namespace {
+
+// ---- small text helpers ----------------------------------------------------------------------
+
+constexpr char hex_digits[] = "0123456789abcdef";
+
+// Length of the well-formed UTF-8 sequence starting at s[i] (RFC 3629: no overlongs, no
+// surrogates, nothing above U+10FFFF), or 0 when the bytes there are not one.
+std::size_t utf8_sequence_length(std::string_view s, std::size_t i) noexcept {
+  auto at = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char c = at(i);
+  if (c < 0x80) return 1;
+  std::size_t n;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (s.size() - i < n) return 0;
+  if (at(i + 1) < lo || at(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k)
+    if (at(i + k) < 0x80 || at(i + k) > 0xBF) return 0;
+  return n;
+}
+
+// Position of the first byte that does not start a well-formed UTF-8 sequence, or npos.
+std::size_t first_invalid_utf8(std::string_view s) noexcept {
+  for (std::size_t i = 0; i < s.size();) {
+    std::size_t n = utf8_sequence_length(s, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
+bool valid_utf8(std::string_view s) noexcept {
+  return first_invalid_utf8(s) == std::string_view::npos;
+}
+
+// Appends `s` escaped for the inside of a JSON string (no quotes). `s` must be valid UTF-8.
+void append_escaped(std::string& out, std::string_view s) {
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out += hex_digits[c >> 4];
+          out += hex_digits[c & 15];
+        } else {
+          out += ch;
+        }
+    }
+  }
+}
+
+void append_quoted(std::string& out, std::string_view s) {
+  out += '"';
+  append_escaped(out, s);
+  out += '"';
+}
+
+std::string hex_bytes(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() * 2);
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    out += hex_digits[c >> 4];
+    out += hex_digits[c & 15];
+  }
+  return out;
+}
+
+int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;  // uppercase is rejected on purpose: one spelling per value
+}
+
+std::optional<std::uint64_t> parse_hex64(std::string_view s) noexcept {
+  if (s.size() != 16) return std::nullopt;
+  std::uint64_t v = 0;
+  for (char c : s) {
+    int d = hex_value(c);
+    if (d < 0) return std::nullopt;
+    v = (v << 4) | static_cast<std::uint64_t>(d);
+  }
+  return v;
+}
+
+std::optional<std::string> parse_hex_bytes(std::string_view s) {
+  if (s.size() % 2) return std::nullopt;
+  std::string out;
+  out.reserve(s.size() / 2);
+  for (std::size_t i = 0; i < s.size(); i += 2) {
+    int a = hex_value(s[i]), b = hex_value(s[i + 1]);
+    if (a < 0 || b < 0) return std::nullopt;
+    out += static_cast<char>((a << 4) | b);
+  }
+  return out;
+}
+
+std::string_view json_kind_name(json::kind k) noexcept {
+  switch (k) {
+    case json::kind::null: return "null";
+    case json::kind::bool_: return "boolean";
+    case json::kind::int64:
+    case json::kind::uint64: return "integer";
+    case json::kind::double_: return "number";
+    case json::kind::string: return "string";
+    case json::kind::array: return "array";
+    case json::kind::object: return "object";
+  }
+  return "?";
+}
+
+// Same joining rule as shmckpt::for_each_tensor: keys and indexes joined by '.', no leading dot.
+void push_path(std::string& path, std::string_view part) {
+  if (!path.empty()) path += '.';
+  path += part;
+}
+
+std::string at_path(const std::string& path) {
+  return path.empty() ? std::string("at the root") : "at " + quote_name(path);
+}
+
+// ---- writing the tree ------------------------------------------------------------------------
+
+class tree_encoder {
+ public:
+  explicit tree_encoder(std::vector<planned_tensor>& out) : tensors_(out) {}
+
+  void encode_dict(std::string& out, const dict& d, std::string& path, std::size_t depth) {
+    out += "{\"dict\":[";
+    bool first = true;
+    for (const auto& [key, v] : d) {
+      if (!first) out += ',';
+      first = false;
+      out += '[';
+      encode_string(out, key);
+      out += ',';
+      std::size_t mark = path.size();
+      push_path(path, key);
+      encode_value(out, v, path, depth);
+      path.resize(mark);
+      out += ']';
+    }
+    out += "]}";
+  }
+
+ private:
+  // `depth` is the depth of the container holding `v`.
+  void encode_value(std::string& out, const value& v, std::string& path, std::size_t depth) {
+    switch (v.type()) {
+      case kind::none: out += "null"; break;
+      case kind::boolean: out += v.as_bool() ? "true" : "false"; break;
+      case kind::integer: out += std::to_string(v.as_int()); break;
+      case kind::real:
+        // Bit pattern, not decimal: NaN payloads, -0.0 and infinities survive exactly.
+        out += "{\"float\":\"";
+        out += hex64(std::bit_cast<std::uint64_t>(v.as_double()));
+        out += "\"}";
+        break;
+      case kind::string: encode_string(out, v.as_string()); break;
+      case kind::list: {
+        check_depth(depth + 1, path);
+        out += '[';
+        const auto& l = v.as_list();
+        for (std::size_t i = 0; i < l.size(); ++i) {
+          if (i) out += ',';
+          std::size_t mark = path.size();
+          push_path(path, std::to_string(i));
+          encode_value(out, l[i], path, depth + 1);
+          path.resize(mark);
+        }
+        out += ']';
+        break;
+      }
+      case kind::dict:
+        check_depth(depth + 1, path);
+        encode_dict(out, v.as_dict(), path, depth + 1);
+        break;
+      case kind::tensor:
+        add_tensor(path, v.as_tensor());
+        out += "{\"tensor\":";
+        append_quoted(out, path);
+        out += '}';
+        break;
+    }
+  }
+
+  // Strings that are not UTF-8 cannot appear in JSON; they travel as hex bytes instead.
+  static void encode_string(std::string& out, const std::string& s) {
+    if (valid_utf8(s)) {
+      append_quoted(out, s);
+    } else {
+      out += "{\"bytes\":\"";
+      out += hex_bytes(s);
+      out += "\"}";
+    }
+  }
+
+  static void check_depth(std::size_t depth, const std::string& path) {
+    if (depth > max_tree_depth)
+      throw_error(errc::invalid_argument,
+                  "state dict nests deeper than " + std::to_string(max_tree_depth) + " levels " +
+                      at_path(path) + "; checkpoint files cannot represent it");
+  }
+
+  void add_tensor(const std::string& name, const tensor& t) {
+    if (name == "__metadata__")
+      throw_error(errc::invalid_argument,
+                  "tensor name '__metadata__' is reserved by the safetensors format");
+    if (!valid_utf8(name))
+      throw_error(errc::invalid_argument,
+                  "tensor name " + quote_name(name) + " is not valid UTF-8");
+    if (t.shape().size() > max_tensor_rank)
+      throw_error(errc::invalid_argument,
+                  "tensor " + quote_name(name) + " has " + std::to_string(t.shape().size()) +
+                      " dimensions, more than the " + std::to_string(max_tensor_rank) +
+                      " a checkpoint file may hold");
+    if (!names_.insert(name).second)
+      throw_error(errc::invalid_argument,
+                  "two tensors flatten to the same name " + quote_name(name) +
+                      " (keys are joined with '.'); rename one so the key paths differ");
+    planned_tensor p;
+    p.name = name;
+    p.source = &t;
+    p.nbytes = t.nbytes();
+    tensors_.push_back(std::move(p));
+  }
+
+  std::vector<planned_tensor>& tensors_;
+  std::unordered_set<std::string> names_;
+};
+
+// ---- strict JSON parsing ---------------------------------------------------------------------
+
+// A basic_parser handler that builds nothing and fails on the first repeated key of an object.
+class duplicate_key_finder {
+ public:
+  static constexpr std::size_t max_object_size = std::size_t(-1);
+  static constexpr std::size_t max_array_size = std::size_t(-1);
+  static constexpr std::size_t max_key_size = std::size_t(-1);
+  static constexpr std::size_t max_string_size = std::size_t(-1);
+
+  const std::optional<std::string>& duplicate() const noexcept { return duplicate_; }
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_array_begin(json::error_code&) { return true; }
+  bool on_array_end(std::size_t, json::error_code&) { return true; }
+  bool on_object_begin(json::error_code&) {
+    objects_.emplace_back();
+    return true;
+  }
+  bool on_object_end(std::size_t, json::error_code&) {
+    objects_.pop_back();
+    return true;
+  }
+  bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
+  bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    key_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
+    key_.append(s.data(), s.size());
+    if (!objects_.back().insert(key_)) {
+      duplicate_ = key_;
+      ec = make_error_code(json::error::syntax);
+      return false;
+    }
+    key_.clear();
+    return true;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(std::int64_t, json::string_view, json::error_code&) { return true; }
+  bool on_uint64(std::uint64_t, json::string_view, json::error_code&) { return true; }
+  bool on_double(double, json::string_view, json::error_code&) { return true; }
+  bool on_bool(bool, json::error_code&) { return true; }
+  bool on_null(json::error_code&) { return true; }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+ private:
+  // Most objects have a handful of keys: scan a vector until it grows, then switch to a set.
+  struct key_set {
+    std::vector<std::string> few;
+    std::unordered_set<std::string> many;
+    bool insert(const std::string& k) {
+      if (many.empty() && few.size() < 16) {
+        if (std::find(few.begin(), few.end(), k) != few.end()) return false;
+        few.push_back(k);
+        return true;
+      }
+      if (many.empty()) many.insert(few.begin(), few.end());
+      return many.insert(k).second;
+    }
+  };
+
+  std::vector<key_set> objects_;
+  std::string key_;
+  std::optional<std::string> duplicate_;
+};
+
+json::value parse_strict(std::string_view text, std::size_t max_depth, const std::string& what) {
+  // Boost.JSON rejects bad UTF-8 too, but only as "syntax error"; say what is wrong.
+  if (std::size_t bad = first_invalid_utf8(text); bad != std::string_view::npos)
+    throw_error(errc::corrupt_data,
+                what + " is not valid UTF-8 (byte " + std::to_string(bad) + " is 0x" +
+                    hex_bytes(text.substr(bad, 1)) + ")");
+  json::parse_options opts;
+  opts.max_depth = max_depth;
+  json::error_code ec;
+  {
+    json::basic_parser<duplicate_key_finder> finder(opts);
+    std::size_t n = finder.write_some(false, text.data(), text.size(), ec);
+    if (const auto& dup = finder.handler().duplicate())
+      throw_error(errc::corrupt_data, what + " has the key " + quote_name(*dup) + " twice");
+    if (ec)
+      throw_error(errc::corrupt_data, what + " is not valid JSON: " + ec.message() +
+                                          " (near byte " + std::to_string(n) + ")");
+    if (n != text.size())
+      throw_error(errc::corrupt_data, what + " is not valid JSON: extra data at byte " +
+                                          std::to_string(n));
+  }
+  json::value v = json::parse(json::string_view(text.data(), text.size()), ec, {}, opts);
+  if (ec) throw_error(errc::corrupt_data, what + " is not valid JSON: " + ec.message());
+  return v;
+}
+
+// ---- validating header entries ---------------------------------------------------------------
+
+std::string kind_of(const json::value& v) { return std::string(json_kind_name(v.kind())); }
+
+// A non-negative integer that fits in 63 bits (dimensions) or 64 bits (offsets).
+std::uint64_t unsigned_field(const json::value& v, bool allow_above_int64,
+                             const std::string& what) {
+  if (v.is_int64()) {
+    if (v.get_int64() < 0)
+      throw_error(errc::corrupt_data, what + " is " + std::to_string(v.get_int64()) +
+                                          ", which is negative");
+    return static_cast<std::uint64_t>(v.get_int64());
+  }
+  if (v.is_uint64()) {
+    if (!allow_above_int64)
+      throw_error(errc::corrupt_data, what + " is " + std::to_string(v.get_uint64()) +
+                                          ", larger than any tensor dimension can be");
+    return v.get_uint64();
+  }
+  throw_error(errc::corrupt_data, what + " is a JSON " + kind_of(v) + ", not an integer");
+}
+
+tensor_entry parse_entry(const std::string& name, const json::value& v, const std::string& ctx) {
+  if (!v.is_object())
+    throw_error(errc::corrupt_data, ctx + ": entry is a JSON " + kind_of(v) + ", not an object");
+  const json::object& o = v.get_object();
+  const json::value* type = nullptr;
+  const json::value* shape = nullptr;
+  const json::value* offsets = nullptr;
+  for (const auto& kv : o) {
+    std::string_view k(kv.key().data(), kv.key().size());
+    if (k == "dtype") type = &kv.value();
+    else if (k == "shape") shape = &kv.value();
+    else if (k == "data_offsets") offsets = &kv.value();
+    else throw_error(errc::corrupt_data, ctx + ": unknown field " + quote_name(k));
+  }
+  for (auto [field, p] : {std::pair{"dtype", type}, {"shape", shape}, {"data_offsets", offsets}})
+    if (!p) throw_error(errc::corrupt_data, ctx + ": missing field '" + field + "'");
+
+  tensor_entry e;
+  e.name = name;
+  if (!type->is_string())
+    throw_error(errc::corrupt_data, ctx + ": dtype is a JSON " + kind_of(*type) + ", not a string");
+  std::string_view tname(type->get_string().data(), type->get_string().size());
+  auto t = dtype_from_name(tname);
+  if (!t) throw_error(errc::corrupt_data, ctx + ": unknown dtype " + quote_name(tname));
+  e.type = *t;
+
+  if (!shape->is_array())
+    throw_error(errc::corrupt_data,
+                ctx + ": shape is a JSON " + kind_of(*shape) + ", not an array");
+  const json::array& dims = shape->get_array();
+  if (dims.size() > max_tensor_rank)
+    throw_error(errc::corrupt_data, ctx + ": shape has " + std::to_string(dims.size()) +
+                                        " dimensions, more than the limit of " +
+                                        std::to_string(max_tensor_rank));
+  e.shape.reserve(dims.size());
+  for (std::size_t i = 0; i < dims.size(); ++i)
+    e.shape.push_back(static_cast<std::int64_t>(
+        unsigned_field(dims[i], false, ctx + ": shape dimension " + std::to_string(i))));
+
+  if (!offsets->is_array() || offsets->get_array().size() != 2)
+    throw_error(errc::corrupt_data,
+                ctx + ": data_offsets must be an array of two integers, not a JSON " +
+                    (offsets->is_array() ? "array of " +
+                                               std::to_string(offsets->get_array().size()) +
+                                               " elements"
+                                         : kind_of(*offsets)));
+  std::uint64_t begin = unsigned_field(offsets->get_array()[0], true, ctx + ": data_offsets[0]");
+  std::uint64_t end = unsigned_field(offsets->get_array()[1], true, ctx + ": data_offsets[1]");
+  std::string range = "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
+  if (end < begin)
+    throw_error(errc::corrupt_data, ctx + ": data_offsets " + range + " end before they begin");
+
+  auto need = tensor_nbytes(e.type, e.shape);
+  std::string what = "dtype " + std::string(dtype_name(e.type)) + " × shape " +
+                     shape_string(e.shape);
+  if (!need) {
+    bool whole = dtype_bits(e.type) % 8 == 0;
+    throw_error(errc::corrupt_data,
+                ctx + ": " + what +
+                    (whole ? " needs more than 2^64 bytes"
+                           : " is not a whole number of bytes (or needs more than 2^64)"));
+  }
+  if (end - begin != *need)
+    throw_error(errc::corrupt_data, ctx + ": data_offsets " + range + " say " +
+                                        std::to_string(end - begin) + " bytes, " + what +
+                                        " needs " + std::to_string(*need));
+  e.offset = begin;
+  e.nbytes = *need;
+  return e;
+}
+
+void check_layout(std::vector<tensor_entry>& entries, std::uint64_t data_size,
+                  const std::string& label) {
+  // Ties (empty tensors sharing an offset) sort by end, then name, so the order is canonical.
+  std::sort(entries.begin(), entries.end(), [](const tensor_entry& a, const tensor_entry& b) {
+    if (a.offset != b.offset) return a.offset < b.offset;
+    if (a.nbytes != b.nbytes) return a.nbytes < b.nbytes;
+    return a.name < b.name;
+  });
+  std::uint64_t expected = 0;
+  const tensor_entry* previous = nullptr;
+  for (const auto& e : entries) {
+    std::string ctx = label + ": tensor " + quote_name(e.name) + ": data_offsets [" +
+                      std::to_string(e.offset) + ", " + std::to_string(e.offset + e.nbytes) + "]";
+    if (e.offset > data_size || e.nbytes > data_size - e.offset)
+      throw_error(errc::corrupt_data, ctx + " pass the end of the data section (" +
+                                          std::to_string(data_size) + " bytes)");
+    if (e.offset > expected)
+      throw_error(errc::corrupt_data, ctx + " leave a hole of " +
+                                          std::to_string(e.offset - expected) +
+                                          " bytes after offset " + std::to_string(expected) +
+                                          "; the data section must be contiguous");
+    if (e.offset < expected)
+      throw_error(errc::corrupt_data, ctx + " overlap tensor " + quote_name(previous->name) +
+                                          ", which ends at " + std::to_string(expected));
+    expected = e.offset + e.nbytes;
+    previous = &e;
+  }
+  if (expected != data_size)
+    throw_error(errc::corrupt_data,
+                label + ": data section is " + std::to_string(data_size) +
+                    " bytes but the tensors cover " + std::to_string(expected) + "; " +
+                    std::to_string(data_size - expected) + " trailing bytes");
+}
+
+// ---- reading the tree ------------------------------------------------------------------------
+
+class tree_decoder {
+ public:
+  tree_decoder(const parsed_header& h, const std::function<value(std::size_t)>& make_tensor,
+               const std::string& label)
+      : h_(h), make_tensor_(make_tensor), ctx_(label + ": __metadata__ 'shmckpt.tree'"),
+        used_(h.entries.size(), false) {
+    for (std::size_t i = 0; i < h.entries.size(); ++i) index_.emplace(h.entries[i].name, i);
+  }
+
+  state_dict decode_root() {
+    std::string path;
+    const json::value* payload = tagged(h_.tree, "dict");
+    if (!payload) fail(path, "not a {\"dict\": ...} node");
+    state_dict root = decode_dict(*payload, path, 1);
+    for (std::size_t i = 0; i < used_.size(); ++i)
+      if (!used_[i])
+        throw_error(errc::corrupt_data, ctx_ + ": tensor " + quote_name(h_.entries[i].name) +
+                                            " is in the header but nowhere in the tree");
+    return root;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& path, const std::string& what) const {
+    throw_error(errc::corrupt_data, ctx_ + ": " + at_path(path) + ": " + what);
+  }
+
+  // The payload of {"<tag>": payload}, or nullptr when `v` is not that one-key object.
+  static const json::value* tagged(const json::value& v, std::string_view tag) {
+    if (!v.is_object() || v.get_object().size() != 1) return nullptr;
+    const auto& kv = *v.get_object().begin();
+    if (std::string_view(kv.key().data(), kv.key().size()) != tag) return nullptr;
+    return &kv.value();
+  }
+
+  std::string decode_string(const json::value& v, const std::string& path, const char* what) {
+    if (v.is_string()) return std::string(v.get_string().data(), v.get_string().size());
+    if (const json::value* hex = tagged(v, "bytes")) {
+      if (hex->is_string()) {
+        auto bytes = parse_hex_bytes({hex->get_string().data(), hex->get_string().size()});
+        if (bytes) return *bytes;
+      }
+      fail(path, std::string(what) + " {\"bytes\": ...} does not hold lowercase hex digit pairs");
+    }
+    fail(path, std::string(what) + " is a JSON " + kind_of(v) + ", not a string");
+  }
+
+  dict decode_dict(const json::value& payload, std::string& path, std::size_t depth) {
+    if (depth > max_tree_depth)
+      fail(path, "nests deeper than " + std::to_string(max_tree_depth) + " levels");
+    if (!payload.is_array())
+      fail(path, "dict payload is a JSON " + kind_of(payload) + ", not an array");
+    dict d;
+    for (const auto& item : payload.get_array()) {
+      if (!item.is_array() || item.get_array().size() != 2)
+        fail(path, "dict item is not a [key, value] pair");
+      std::string key = decode_string(item.get_array()[0], path, "dict key");
+      if (d.contains(key)) fail(path, "dict has the key " + quote_name(key) + " twice");
+      std::size_t mark = path.size();
+      push_path(path, key);
+      value v = decode_value(item.get_array()[1], path, depth);
+      path.resize(mark);
+      d.insert_or_assign(std::move(key), std::move(v));
+    }
+    return d;
+  }
+
+  // `depth` is the depth of the container holding `v`.
+  value decode_value(const json::value& v, std::string& path, std::size_t depth) {
+    switch (v.kind()) {
+      case json::kind::null: return none;
+      case json::kind::bool_: return v.get_bool();
+      case json::kind::int64: return v.get_int64();
+      case json::kind::uint64:
+        fail(path, "integer " + std::to_string(v.get_uint64()) + " is outside the int64 range");
+      case json::kind::double_:
+        fail(path, "bare JSON number; floats are written as {\"float\": \"<16 hex digits>\"}");
+      case json::kind::string: return std::string(v.get_string().data(), v.get_string().size());
+      case json::kind::array: {
+        if (depth + 1 > max_tree_depth)
+          fail(path, "nests deeper than " + std::to_string(max_tree_depth) + " levels");
+        list l;
+        l.reserve(v.get_array().size());
+        for (std::size_t i = 0; i < v.get_array().size(); ++i) {
+          std::size_t mark = path.size();
+          push_path(path, std::to_string(i));
+          l.push_back(decode_value(v.get_array()[i], path, depth + 1));
+          path.resize(mark);
+        }
+        return l;
+      }
+      case json::kind::object: break;
+    }
+    const auto& o = v.get_object();
+    if (o.size() != 1)
+      fail(path, "object with " + std::to_string(o.size()) +
+                     " keys; expected one of dict, float, bytes, tensor");
+    std::string_view tag(o.begin()->key().data(), o.begin()->key().size());
+    const json::value& payload = o.begin()->value();
+    if (tag == "dict") return decode_dict(payload, path, depth + 1);
+    if (tag == "bytes") return decode_string(v, path, "string");
+    if (tag == "float") {
+      std::optional<std::uint64_t> bits;
+      if (payload.is_string())
+        bits = parse_hex64({payload.get_string().data(), payload.get_string().size()});
+      if (!bits) fail(path, "float is not a string of 16 lowercase hex digits");
+      return std::bit_cast<double>(*bits);
+    }
+    if (tag == "tensor") {
+      if (!payload.is_string()) fail(path, "tensor reference is not a string");
+      std::string name(payload.get_string().data(), payload.get_string().size());
+      auto it = index_.find(name);
+      if (it == index_.end())
+        fail(path, "refers to tensor " + quote_name(name) + ", which is not in the header");
+      if (used_[it->second]) fail(path, "refers to tensor " + quote_name(name) + " a second time");
+      if (name != path)
+        fail(path, "refers to tensor " + quote_name(name) +
+                       "; the tensor at this path must be named " + quote_name(path));
+      used_[it->second] = true;
+      return make_tensor_(it->second);
+    }
+    fail(path, "unknown node type " + quote_name(tag));
+  }
+
+  const parsed_header& h_;
+  const std::function<value(std::size_t)>& make_tensor_;
+  std::string ctx_;
+  std::vector<bool> used_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
+
+const std::string* find_metadata(const parsed_header& h, std::string_view key) {
+  for (const auto& [k, v] : h.metadata)
+    if (k == key) return &v;
+  return nullptr;
+}
+
+void parse_checksums(parsed_header& h, const std::string& text, const std::string& label) {
+  std::string ctx = label + ": __metadata__ 'shmckpt.checksums'";
+  json::value doc = parse_strict(text, 2, ctx);
+  if (!doc.is_object())
+    throw_error(errc::corrupt_data, ctx + " is a JSON " + kind_of(doc) + ", not an object");
+  std::unordered_map<std::string_view, std::size_t> index;
+  for (std::size_t i = 0; i < h.entries.size(); ++i) index.emplace(h.entries[i].name, i);
+  std::vector<bool> seen(h.entries.size(), false);
+  h.checksums.assign(h.entries.size(), 0);
+  for (const auto& kv : doc.get_object()) {
+    std::string_view name(kv.key().data(), kv.key().size());
+    auto it = index.find(name);
+    if (it == index.end())
+      throw_error(errc::corrupt_data,
+                  ctx + " names " + quote_name(name) + ", which is not a tensor in this file");
+    std::optional<std::uint64_t> sum;
+    if (kv.value().is_string())
+      sum = parse_hex64({kv.value().get_string().data(), kv.value().get_string().size()});
+    if (!sum)
+      throw_error(errc::corrupt_data, ctx + ": the value for " + quote_name(name) +
+                                          " is not a string of 16 lowercase hex digits");
+    h.checksums[it->second] = *sum;
+    seen[it->second] = true;
+  }
+  for (std::size_t i = 0; i < seen.size(); ++i)
+    if (!seen[i])
+      throw_error(errc::corrupt_data, ctx + " records " + std::to_string(doc.get_object().size()) +
+                                          " of " + std::to_string(h.entries.size()) +
+                                          " tensors; " + quote_name(h.entries[i].name) +
+                                          " has none");
+  for (std::size_t i = 0; i < h.entries.size(); ++i)
+    h.entries[i].checksum = "xxh3:" + hex64(h.checksums[i]);
+}
+
+}  // namespace
+
+// ---- public helpers --------------------------------------------------------------------------
+
+std::string hex64(std::uint64_t v) {
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) s[static_cast<std::size_t>(i)] = hex_digits[v & 15];
+  return s;
+}
+
+std::string quote_name(std::string_view name) {
+  constexpr std::size_t limit = 200;
+  std::string out = "'";
+  for (std::size_t i = 0; i < name.size();) {
+    if (i >= limit) {
+      out += "...";
+      break;
+    }
+    auto c = static_cast<unsigned char>(name[i]);
+    std::size_t n = utf8_sequence_length(name, i);
+    if (c < 0x20 || c == 0x7f || c == '\'' || c == '\\' || n == 0) {
+      out += "\\x";
+      out += hex_digits[c >> 4];
+      out += hex_digits[c & 15];
+      ++i;
+    } else {
+      out.append(name.substr(i, n));
+      i += n;
+    }
+  }
+  return out + "'";
+}
+
+std::string shape_string(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+std::size_t element_alignment(dtype t) noexcept {
+  std::size_t bits = dtype_bits(t);
+  if (bits % 8 != 0) return 1;
+  return std::min<std::size_t>(bits / 8, 8);
+}
+
+// ---- writing ---------------------------------------------------------------------------------
+
+encoded_header encode_header(const state_dict& sd, bool checksums) {
+  encoded_header h;
+  h.checksums = checksums;
+
+  std::string tree;
+  {
+    tree_encoder enc(h.tensors);
+    std::string path;
+    enc.encode_dict(tree, sd, path, 1);
+  }
+
+  std::stable_sort(h.tensors.begin(), h.tensors.end(),
+                   [](const planned_tensor& a, const planned_tensor& b) {
+                     return element_alignment(a.source->type()) >
+                            element_alignment(b.source->type());
+                   });
+  for (auto& t : h.tensors) {
+    t.offset = h.data_size;
+    if (__builtin_add_overflow(h.data_size, t.nbytes, &h.data_size))
+      throw_error(errc::invalid_argument, "state dict holds more than 2^64 bytes of tensors");
+  }
+
+  // Built after the 8-byte prefix so that recorded checksum positions are file offsets.
+  std::string& out = h.bytes;
+  out.assign(8, '\0');
+  out += "{\"__metadata__\":{\"format\":";
+  append_quoted(out, format_name);
+  out += ",\"shmckpt.version\":";
+  append_quoted(out, format_version);
+  out += ",\"shmckpt.tree\":";
+  append_quoted(out, tree);
+  if (checksums) {
+    // A JSON object inside a JSON string: escape it piece by piece so the positions of the
+    // (never escaped) hex digits are known while building.
+    out += ",\"shmckpt.checksums\":\"{";
+    for (std::size_t i = 0; i < h.tensors.size(); ++i) {
+      std::string piece = i ? "," : "";
+      append_quoted(piece, h.tensors[i].name);
+      piece += ":\"";
+      append_escaped(out, piece);
+      h.tensors[i].checksum_at = out.size();
+      out.append(16, '0');
+      append_escaped(out, "\"");
+    }
+    out += "}\"";
+  }
+  out += '}';
+  for (const auto& t : h.tensors) {
+    out += ',';
+    append_quoted(out, t.name);
+    out += ":{\"dtype\":\"";
+    out += dtype_name(t.source->type());
+    out += "\",\"shape\":";
+    out += shape_string(t.source->shape());
+    out += ",\"data_offsets\":[";
+    out += std::to_string(t.offset);
+    out += ',';
+    out += std::to_string(t.offset + t.nbytes);
+    out += "]}";
+  }
+  out += '}';
+  out.append((8 - out.size() % 8) % 8, ' ');
+
+  std::uint64_t n = out.size() - 8;
+  if (n > max_header_bytes)
+    throw_error(errc::invalid_argument,
+                "checkpoint header would be " + std::to_string(n) + " bytes, more than the " +
+                    std::to_string(max_header_bytes) +
+                    "-byte limit readers accept; the state dict has too many entries");
+  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>(n >> (8 * i));
+  return h;
+}
+
+void set_checksum(encoded_header& h, std::size_t i, std::uint64_t xxh3) {
+  std::string digits = hex64(xxh3);
+  std::memcpy(h.bytes.data() + h.tensors[i].checksum_at, digits.data(), digits.size());
+}
+
+// ---- reading ---------------------------------------------------------------------------------
+
+std::uint64_t parse_header_length(const unsigned char (&prefix)[8], std::uint64_t file_size,
+                                  const std::string& label) {
+  if (file_size < 8)
+    throw_error(errc::corrupt_data, label + ": file is " + std::to_string(file_size) +
+                                        " bytes, shorter than the 8-byte header length field");
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | prefix[i];
+  if (n > max_header_bytes)
+    throw_error(errc::corrupt_data, label + ": header length field says " + std::to_string(n) +
+                                        " bytes, more than the limit of " +
+                                        std::to_string(max_header_bytes));
+  if (n > file_size - 8)
+    throw_error(errc::corrupt_data, label + ": header length field says " + std::to_string(n) +
+                                        " bytes but only " + std::to_string(file_size - 8) +
+                                        " bytes follow it");
+  return n;
+}
+
+parsed_header parse_header(std::string_view text, std::uint64_t data_size,
+                           const std::string& label) {
+  if (text.empty() || text.front() != '{')
+    throw_error(errc::corrupt_data, label + ": header does not start with '{'");
+  json::value doc = parse_strict(text, 8, label + ": header");
+  if (!doc.is_object())
+    throw_error(errc::corrupt_data, label + ": header is a JSON " + kind_of(doc) +
+                                        ", not an object");
+  parsed_header h;
+  for (const auto& kv : doc.get_object()) {
+    std::string name(kv.key().data(), kv.key().size());
+    if (name == "__metadata__") {
+      if (!kv.value().is_object())
+        throw_error(errc::corrupt_data, label + ": __metadata__ is a JSON " +
+                                            kind_of(kv.value()) + ", not an object");
+      for (const auto& m : kv.value().get_object()) {
+        std::string key(m.key().data(), m.key().size());
+        if (!m.value().is_string())
+          throw_error(errc::corrupt_data,
+                      label + ": __metadata__ " + quote_name(key) + " is a JSON " +
+                          kind_of(m.value()) + "; the format allows only strings");
+        h.metadata.emplace_back(std::move(key), std::string(m.value().get_string().data(),
+                                                            m.value().get_string().size()));
+      }
+      continue;
+    }
+    h.entries.push_back(parse_entry(name, kv.value(), label + ": tensor " + quote_name(name)));
+  }
+  check_layout(h.entries, data_size, label);
+
+  bool ours = false;
+  for (const auto& [k, v] : h.metadata) ours |= k.starts_with("shmckpt.");
+  if (!ours) return h;
+
+  const std::string* version = find_metadata(h, "shmckpt.version");
+  if (!version)
+    throw_error(errc::corrupt_data, label + ": __metadata__ has shmckpt keys but no " +
+                                        "'shmckpt.version'");
+  if (*version != format_version)
+    throw_error(errc::corrupt_data,
+                label + ": __metadata__ 'shmckpt.version' is " + quote_name(*version) +
+                    "; this reader understands version " + std::string(format_version));
+  if (const std::string* tree = find_metadata(h, "shmckpt.tree")) {
+    // Each dict level costs three JSON levels ({"dict": [[k, v]]}), a leaf object one more.
+    h.tree = parse_strict(*tree, 3 * max_tree_depth + 1, label + ": __metadata__ 'shmckpt.tree'");
+    if (h.tree.is_null())
+      throw_error(errc::corrupt_data, label + ": __metadata__ 'shmckpt.tree' is null");
+  }
+  if (const std::string* sums = find_metadata(h, "shmckpt.checksums"))
+    parse_checksums(h, *sums, label);
+  return h;
+}
+
+state_dict build_state_dict(const parsed_header& h,
+                            const std::function<value(std::size_t)>& make_tensor,
+                            const std::string& label) {
+  if (h.tree.is_null()) {
+    state_dict flat;
+    for (std::size_t i = 0; i < h.entries.size(); ++i)
+      flat.insert_or_assign(h.entries[i].name, make_tensor(i));
+    return flat;
+  }
+  tree_decoder dec(h, make_tensor, label);
+  return dec.decode_root();
+}
+
+}  // namespace shmckpt::detail

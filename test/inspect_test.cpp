@@ -168,14 +168,16 @@ BOOST_AUTO_TEST_CASE(list_json_is_a_document_matching_the_file) {
 
 BOOST_AUTO_TEST_CASE(list_of_a_directory_covers_every_rank_in_rank_order) {
   scratch_dir dir("inspect");
-  for (int rank : {10, 2, 0, 1}) write_safetensors(checkpoint_file_path(dir.path(), rank), sample(rank));
+  for (int rank : {10, 2, 0, 1})
+    write_safetensors(checkpoint_file_path(dir.path(), rank), sample(rank));
   write_file(dir / "notes.txt", "not a checkpoint");
   write_file(dir / "checkpoint_01.safetensors", "not canonical: ignored");
   auto r = run_inspect(dir, {"list", "--json", dir.path().string()});
   BOOST_TEST_REQUIRE(r.status == 0);
   boost::json::value doc = boost::json::parse(r.out);
   std::vector<std::int64_t> ranks;
-  for (const auto& f : doc.at("files").as_array()) ranks.push_back(f.at("rank").to_number<std::int64_t>());
+  for (const auto& f : doc.at("files").as_array())
+    ranks.push_back(f.at("rank").to_number<std::int64_t>());
   BOOST_TEST((ranks == std::vector<std::int64_t>{0, 1, 2, 10}));
   BOOST_TEST(doc.at("tensor_count").to_number<std::uint64_t>() == 8u);
 
@@ -191,6 +193,17 @@ BOOST_AUTO_TEST_CASE(unreadable_input_exits_three_with_a_one_line_reason) {
   BOOST_TEST(missing.status == 3);
   BOOST_TEST(one_line_error(missing), missing.err);
   BOOST_TEST(missing.err.find("missing.safetensors") != std::string::npos);
+
+  // One bad rank spoils the directory, and nothing is half-printed.
+  fs::create_directory(dir / "ranks");
+  write_safetensors(checkpoint_file_path(dir / "ranks", 0), sample(0));
+  write_file(checkpoint_file_path(dir / "ranks", 1), "garbage!garbage!");
+  for (const char* cmd : {"list", "verify"}) {
+    auto r = run_inspect(dir, {cmd, (dir / "ranks").string()});
+    BOOST_TEST(r.status == 3);
+    BOOST_TEST(r.out.empty(), r.out);
+    BOOST_TEST(r.err.find("checkpoint_1.safetensors") != std::string::npos, r.err);
+  }
 
   fs::create_directory(dir / "empty");
   auto empty = run_inspect(dir, {"list", (dir / "empty").string()});
@@ -209,6 +222,7 @@ BOOST_AUTO_TEST_CASE(every_hostile_file_makes_list_exit_three) {
         auto r = run_inspect(dir, {cmd, file.string()});
         BOOST_TEST(r.status == 3, cmd << " exited " << r.status);
         BOOST_TEST(one_line_error(r), r.err);
+        BOOST_TEST(r.out.empty(), r.out);
         BOOST_TEST(r.err.find(c.expect) != std::string::npos, r.err);
       }
       auto json = run_inspect(dir, {"list", "--json", file.string()});

@@ -210,8 +210,9 @@ BOOST_AUTO_TEST_CASE(a_directory_reads_the_requested_rank_file) {
 BOOST_AUTO_TEST_CASE(something_other_than_a_regular_file_gives_io_error) {
   scratch_dir dir("reader");
   fs::create_directory(dir / "checkpoint_0.safetensors");
-  BOOST_CHECK_EXCEPTION(read(dir.path()), error,
-                        expect_error(errc::io_error, {"checkpoint_0.safetensors", "not a regular file"}));
+  BOOST_CHECK_EXCEPTION(
+      read(dir.path()), error,
+      expect_error(errc::io_error, {"checkpoint_0.safetensors", "not a regular file"}));
   BOOST_CHECK_EXCEPTION(list_entries("/dev/null"), error,
                         expect_error(errc::io_error, {"/dev/null", "not a regular file"}));
 }
@@ -224,7 +225,8 @@ BOOST_AUTO_TEST_CASE(hostile_files_are_rejected_as_corrupt_data_naming_file_and_
     BOOST_TEST_CONTEXT("hostile case " << c.name) {
       fs::path file = dir / (c.name + ".safetensors");
       write_file(file, c.bytes);
-      auto check = expect_error(errc::corrupt_data, {"checkpoint '" + file.string() + "'", c.expect});
+      auto check =
+          expect_error(errc::corrupt_data, {"checkpoint '" + file.string() + "'", c.expect});
       BOOST_CHECK_EXCEPTION(read(file), error, check);
       BOOST_CHECK_EXCEPTION(list_entries(file), error, check);
       BOOST_CHECK_EXCEPTION(check_checksums(file), error, check);
@@ -277,7 +279,7 @@ BOOST_AUTO_TEST_CASE(any_single_byte_change_in_the_header_is_rejected_or_harmles
         list_entries(mutated);
       } catch (const error& e) {
         BOOST_TEST_CONTEXT("byte " << pos << " := " << int(replacement)) {
-          BOOST_TEST(e.kind() == errc::corrupt_data, e.what());
+          BOOST_TEST((e.kind() == errc::corrupt_data), e.what());
         }
         ++rejected;
       }
@@ -303,7 +305,7 @@ BOOST_AUTO_TEST_CASE(list_entries_gives_contiguous_entries_with_checksums) {
   }
   // Largest alignment first, so F64 leads; key order lives in the tree, not here.
   BOOST_TEST(entries[0].name == "y");
-  BOOST_TEST(entries[0].type == dtype::f64);
+  BOOST_TEST((entries[0].type == dtype::f64));
   BOOST_TEST((entries[0].shape == std::vector<std::int64_t>{2, 2}));
   std::vector<std::string> keys;
   for (const auto& [k, v] : read(file)) keys.push_back(k);

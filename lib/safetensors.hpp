@@ -1,0 +1,127 @@
+// safetensors.hpp — the shmckpt file format, without any I/O (private to the library).
+//
+// This is the one place that knows the byte layout of a checkpoint file (docs/format.md is its
+// prose twin; change both together). writer.cpp asks it to plan a file for a state dict and then
+// moves the bytes; reader.cpp hands it the bytes of a header and gets back validated entries and
+// the state-dict tree. Keeping the format here, away from file descriptors and mappings, lets the
+// writer and the reader share one definition of every name, limit and encoding, and lets the
+// validation run the same way whether a caller lists, reads or verifies a file.
+//
+// Trust boundary: the `encode_*` side trusts its input (a state dict built in this process) but
+// still rejects trees the format cannot represent (duplicate tensor names, invalid UTF-8 in a
+// tensor name, nesting deeper than the reader accepts), so that every file we write can be read
+// back. The `parse_*` side trusts nothing: every length is capped before anything is allocated,
+// every field's JSON type is checked, arithmetic is checked, and every failure is an
+// error(corrupt_data) whose message starts with the caller's label (e.g. "checkpoint 'x'") and
+// names the field.
+//
+// Thread safety: stateless; all functions are safe to call concurrently.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <boost/json/value.hpp>
+
+#include "shmckpt/reader.hpp"
+#include "shmckpt/state_dict.hpp"
+
+namespace shmckpt::detail {
+
+// ---- limits: what a reader accepts, and therefore what a writer may produce -----------------
+
+/// Largest JSON header accepted (bytes), checked before allocating or parsing.
+inline constexpr std::uint64_t max_header_bytes = 100'000'000;
+/// Deepest state-dict nesting (dicts and lists, the root dict counting as 1).
+inline constexpr std::size_t max_tree_depth = 64;
+/// Most dimensions a tensor may have.
+inline constexpr std::size_t max_tensor_rank = 1024;
+
+/// Values of the `__metadata__` keys this format defines.
+inline constexpr std::string_view format_name = "shmckpt";
+inline constexpr std::string_view format_version = "1";
+
+/// Lowercase, zero-padded, 16 hex digits.
+std::string hex64(std::uint64_t v);
+
+/// `name` in single quotes for error messages: control characters escaped, long names cut, so
+/// that a hostile name can neither forge lines in a log nor flood it.
+std::string quote_name(std::string_view name);
+
+/// "[2, 3]".
+std::string shape_string(const std::vector<std::int64_t>& shape);
+
+/// The natural alignment of `t`'s elements in bytes (1 for the packed sub-byte types, 8 at most).
+/// The writer orders the data section by it; the reader copies tensors that miss it.
+std::size_t element_alignment(dtype t) noexcept;
+
+// ---- writing ---------------------------------------------------------------------------------
+
+/// One tensor's place in a planned file.
+struct planned_tensor {
+  std::string name;             // flattened key path, the header key
+  const tensor* source;         // the caller's tensor; its bytes are written as they are
+  std::uint64_t offset = 0;     // start within the data section
+  std::uint64_t nbytes = 0;     //
+  std::size_t checksum_at = 0;  // where its 16 hex digits sit in `encoded_header::bytes`
+};
+
+/// A file laid out before any byte of tensor data is touched.
+struct encoded_header {
+  /// The first bytes of the file: the u64 length prefix and the space-padded JSON header, with
+  /// checksum digits still zero (see set_checksum). Its size is a multiple of 8.
+  std::string bytes;
+  /// Every tensor in data-section order (which is also the header's order).
+  std::vector<planned_tensor> tensors;
+  /// Whether `bytes` holds checksum digits to fill in.
+  bool checksums = false;
+  std::uint64_t data_size = 0;
+  std::uint64_t file_size() const noexcept { return bytes.size() + data_size; }
+};
+
+/// Plans the file for `sd`. Throws error(invalid_argument) when two tensors flatten to the same
+/// name, a name is "__metadata__" or not valid UTF-8, a tensor has more than max_tensor_rank
+/// dimensions, or the tree is deeper than max_tree_depth; error(invalid_argument) also when the
+/// header would exceed max_header_bytes.
+encoded_header encode_header(const state_dict& sd, bool checksums);
+
+/// Writes tensor `i`'s checksum digits into `h.bytes`. Requires h.checksums.
+void set_checksum(encoded_header& h, std::size_t i, std::uint64_t xxh3);
+
+// ---- reading ---------------------------------------------------------------------------------
+
+/// The header of a file after validation.
+struct parsed_header {
+  /// Every tensor, sorted by offset: contiguous from 0 to the end of the data section.
+  std::vector<tensor_entry> entries;
+  /// `__metadata__` in file order (all values are strings; the format demands it).
+  std::vector<std::pair<std::string, std::string>> metadata;
+  /// The parsed "shmckpt.tree" document, or null when the file has none.
+  boost::json::value tree;
+  /// The recorded XXH3-64 per entry (parallel to `entries`), when the file records checksums.
+  std::vector<std::uint64_t> checksums;
+};
+
+/// Reads the little-endian u64 header length from the first 8 bytes of a file of `file_size`
+/// bytes and checks it against max_header_bytes and the file size.
+std::uint64_t parse_header_length(const unsigned char (&prefix)[8], std::uint64_t file_size,
+                                  const std::string& label);
+
+/// Validates the JSON header `json` of a file whose data section holds `data_size` bytes: every
+/// entry, contiguity, metadata types, the tree document's syntax and the checksum table.
+parsed_header parse_header(std::string_view json, std::uint64_t data_size,
+                           const std::string& label);
+
+/// Rebuilds the state dict. With a tree, checks its structure and that it names every entry
+/// exactly once, at its own flattened path; without one, returns name → tensor in file order.
+/// `make_tensor(i)` yields the value for entries[i] (a tensor, or none when only validating).
+state_dict build_state_dict(const parsed_header& h,
+                            const std::function<value(std::size_t)>& make_tensor,
+                            const std::string& label);
+
+}  // namespace shmckpt::detail
