@@ -717,14 +717,7 @@ std::string quote_name(std::string_view name) {
   return out + "'";
 }
 
-std::string shape_string(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
+std::string shape_string(const std::vector<std::int64_t>& shape) { return format_shape(shape); }
 
 std::size_t element_alignment(dtype t) noexcept {
   std::size_t bits = dtype_bits(t);

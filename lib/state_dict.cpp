@@ -6,9 +6,7 @@
 
 namespace shmckpt {
 
-namespace {
-
-std::string shape_string(const std::vector<std::int64_t>& shape) {
+std::string format_shape(std::span<const std::int64_t> shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (i) s += ", ";
@@ -16,6 +14,10 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
   }
   return s + "]";
 }
+
+namespace {
+
+std::string shape_string(const std::vector<std::int64_t>& shape) { return format_shape(shape); }
 
 std::uint64_t checked_nbytes(dtype type, const std::vector<std::int64_t>& shape) {
   auto n = tensor_nbytes(type, shape);

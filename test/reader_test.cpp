@@ -11,6 +11,7 @@
 #include "shmckpt/writer.hpp"
 
 using namespace shmckpt;
+using shmckpt_test::random_tensor;
 using shmckpt_test::read_file;
 using shmckpt_test::safetensors_bytes;
 using shmckpt_test::scratch_dir;
@@ -19,12 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-tensor random_tensor(dtype t, std::vector<std::int64_t> shape, std::uint64_t seed) {
-  tensor x = tensor::zeros(t, std::move(shape));
-  std::mt19937_64 rng(seed);
-  for (auto& b : x.bytes()) b = static_cast<std::byte>(rng());
-  return x;
-}
 
 std::string floats(std::initializer_list<float> v) {
   std::string s(v.size() * 4, '\0');

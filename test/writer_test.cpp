@@ -23,19 +23,13 @@
 #include "shmckpt/writer.hpp"
 
 using namespace shmckpt;
+using shmckpt_test::random_tensor;
 using shmckpt_test::read_file;
 using shmckpt_test::scratch_dir;
 namespace fs = std::filesystem;
 
 namespace {
 
-// Deterministic pseudo-random bytes, different per seed.
-tensor random_tensor(dtype t, std::vector<std::int64_t> shape, std::uint64_t seed) {
-  tensor x = tensor::zeros(t, std::move(shape));
-  std::mt19937_64 rng(seed);
-  for (auto& b : x.bytes()) b = static_cast<std::byte>(rng());
-  return x;
-}
 
 // Names of the files in `dir`, sorted.
 std::vector<std::string> listing(const fs::path& dir) {

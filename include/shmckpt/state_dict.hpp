@@ -96,6 +96,9 @@ class tensor {
   std::shared_ptr<const void> owner_;
 };
 
+/// "[2, 3]": a shape as error messages and tools print it.
+std::string format_shape(std::span<const std::int64_t> shape);
+
 /// Same dtype, same shape and identical bytes.
 bool operator==(const tensor& a, const tensor& b) noexcept;
 

@@ -13,11 +13,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <random>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+
+#include "shmckpt/state_dict.hpp"
 #include <vector>
 
 namespace shmckpt_test {
@@ -46,6 +49,15 @@ class scratch_dir {
  private:
   fs::path path_;
 };
+
+// Deterministic pseudo-random bytes, different per seed.
+inline shmckpt::tensor random_tensor(shmckpt::dtype t, std::vector<std::int64_t> shape,
+                                     std::uint64_t seed) {
+  auto x = shmckpt::tensor::zeros(t, std::move(shape));
+  std::mt19937_64 rng(seed);
+  for (auto& b : x.bytes()) b = static_cast<std::byte>(rng());
+  return x;
+}
 
 inline void write_file(const fs::path& p, std::string_view bytes) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);

@@ -100,12 +100,7 @@ std::string quoted_string(std::string_view s) {
 }
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
+  return shmckpt::format_shape(shape);
 }
 
 std::string double_text(double d) {
