@@ -63,6 +63,18 @@ constexpr int child_segment_fd = 4;
 constexpr auto exit_status_grace = 1s;
 // After SIGKILL, how long to wait for the kernel to report the exit.
 constexpr auto kill_grace = 10s;
+// Largest RESPONSE payload: code, message, and a small payload.
+constexpr std::uint32_t max_response_bytes = 4 + 4 + protocol::max_string_bytes + 4 + 4096;
+
+// now + a + b, saturating instead of overflowing for "wait forever" durations.
+std::chrono::steady_clock::time_point deadline_after(std::chrono::milliseconds a,
+                                                     std::chrono::milliseconds b = {}) {
+  using clock = std::chrono::steady_clock;
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(clock::time_point::max() -
+                                                                    clock::now());
+  if (a >= left || b >= left - a) return clock::time_point::max();
+  return clock::now() + a + b;
+}
 
 std::string seconds_text(std::chrono::milliseconds d) {
   if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
@@ -148,6 +160,14 @@ struct pass_fds {
       return {ESRCH, bp2::system_category()};
     return {};
   }
+
+  // A failed exec must not run the trainer's atexit handlers and static destructors in the
+  // forked copy (Boost 1.81 calls exit()); leave at once. Variadic: 1.81 detects this hook with
+  // one argument list and calls it with another.
+  template <class... A>
+  void on_exec_error(A&&...) {
+    ::_exit(127);
+  }
 };
 
 struct job {
@@ -173,6 +193,7 @@ struct checkpoint_process::impl {
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
   std::optional<asio::local::stream_protocol::socket> sock;
   std::optional<bp2::process> proc;
+  unique_fd pidfd;
   asio::steady_timer init_timer{io};
   asio::steady_timer status_timer{io};
   std::deque<std::vector<std::byte>> outbox;  // io thread only
@@ -190,10 +211,13 @@ struct checkpoint_process::impl {
   std::exception_ptr init_error;  // set when initialisation failed
   std::exception_ptr dead;        // set when the child died or the channel broke
   bool exited = false;
+  bool status_known = false;
   int exit_status = 0;
   bool closing = false;     // close() began: no new writes
   bool stopping = false;    // submit thread must stop
   bool terminate_acked = false;
+  bool killed_by_close = false;  // close() gave up waiting and killed the child
+  bool closed_done = false;      // close() has finished
   bool channel_broken = false;
   std::string broken_reason;
   std::uint64_t next_id = 1;
@@ -218,7 +242,9 @@ struct checkpoint_process::impl {
 
     std::promise<void> spawned;
     auto spawned_f = spawned.get_future();
-    io_thread = std::thread([this, exe, &spawned, &parent_end, &child_end] {
+    // The promise moves into the thread: start() may return while set_value() is still running.
+    io_thread = std::thread([this, exe, spawned = std::move(spawned), &parent_end,
+                             &child_end]() mutable {
       try {
         spawn(exe, parent_end, child_end);
         spawned.set_value();
@@ -249,23 +275,40 @@ struct checkpoint_process::impl {
                                   std::to_string(seg.size())};
     bp2::posix::default_launcher launcher;
     bp2::error_code ec;
-    auto p = launcher(io.get_executor(), ec, exe, args,
-                      pass_fds{child_end.get(), seg.fd(), ::getpid()});
+    auto reap_failed_child = [&] {
+      // Boost 1.81 neither kills nor reaps a child whose exec failed (or whose pidfd could not
+      // be opened): do both, so no zombie remains.
+      if (launcher.pid > 0) {
+        ::kill(launcher.pid, SIGKILL);
+        ::waitpid(launcher.pid, nullptr, 0);
+      }
+    };
+    std::optional<bp2::process> spawned_proc;
+    try {
+      spawned_proc.emplace(launcher(io.get_executor(), ec, exe, args,
+                                    pass_fds{child_end.get(), seg.fd(), ::getpid()}));
+    } catch (...) {
+      reap_failed_child();
+      throw;
+    }
     if (ec) {
-      // A failed exec leaves a child that exited on its own: reap it (Boost 1.81 does not).
-      if (launcher.pid > 0) ::waitpid(launcher.pid, nullptr, 0);
+      reap_failed_child();
       throw_error(ec.value() == ENOENT || ec.value() == EACCES ? errc::not_found : errc::io_error,
                   "cannot start checkpoint worker '" + exe.string() + "': " + ec.message());
     }
     child_end.reset();  // only the child holds that end now: its death means EOF here
-    proc.emplace(std::move(p));
+    proc.emplace(std::move(*spawned_proc));
+    // Our own pidfd (Boost 1.81 does not expose its own): signals sent through it can never
+    // reach a recycled pid.
+    pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, proc->id(), 0)));
     {
       std::lock_guard g(m);
       pid = proc->id();
     }
-    sock.emplace(io, asio::local::stream_protocol(), parent_end.release());
+    sock.emplace(io, asio::local::stream_protocol(), parent_end.get());
+    parent_end.release();  // owned by the socket now
 
-    proc->async_wait([this](bp2::error_code, int) { on_exit(); });
+    proc->async_wait([this](bp2::error_code e, int) { on_exit(e); });
     read_next();
 
     init_timer.expires_after(opts.init_timeout);
@@ -323,6 +366,10 @@ struct checkpoint_process::impl {
                        } catch (const error& err) {
                          return on_protocol_violation(err.what());
                        }
+                       if (h.payload_bytes > max_response_bytes)
+                         return on_protocol_violation(
+                             "response claims " + std::to_string(h.payload_bytes) +
+                             " payload bytes, more than a response can hold");
                        rx_payload.resize(h.payload_bytes);
                        asio::async_read(*sock, asio::buffer(rx_payload),
                                         [this, id = h.request_id](boost::system::error_code e2,
@@ -379,12 +426,17 @@ struct checkpoint_process::impl {
       in_flight.erase(it);
       if (j->type == proto_type::terminate) terminate_acked = true;
     }
-    if (r.ok())
-      j->done.set_value();
+    // Release the segment copies before the caller can see the result, so that a write issued
+    // right after get() finds the room this one used.
+    auto done = std::move(j->done);
+    auto failure = r.ok() ? nullptr
+                          : child_error("checkpoint child failed to write '" + j->path.string() +
+                                        "': ");
+    j.reset();
+    if (failure)
+      done.set_exception(failure);
     else
-      j->done.set_exception(child_error("checkpoint child failed to write '" + j->path.string() +
-                                        "': "));
-    // `j` (and the segment copies it holds) is released here, after the child is done.
+      done.set_value();
   }
 
   void on_protocol_violation_locked(const std::string& what) {
@@ -401,6 +453,11 @@ struct checkpoint_process::impl {
   // ---- io thread: failure handling ------------------------------------------------------------
 
   void on_init_timeout() {
+    {
+      // cancel() cannot recall a handler already queued: the PING may have won the race.
+      std::lock_guard g(m);
+      if (ready || init_error) return;
+    }
     fail_init(std::make_exception_ptr(
         error(errc::timeout, "Timed out after " + seconds_text(opts.init_timeout) +
                                  " waiting for checkpoint subprocess to initialize")));
@@ -420,8 +477,12 @@ struct checkpoint_process::impl {
       running = !exited;
     }
     if (running && proc) {
-      bp2::error_code ec;
-      proc->terminate(ec);  // SIGKILL; on_exit() reaps
+      // Through the pidfd, so the signal can never reach a recycled pid.
+      if (!pidfd ||
+          ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0) != 0) {
+        bp2::error_code ec;
+        proc->terminate(ec);  // SIGKILL by pid; on_exit() reaps
+      }
     }
   }
 
@@ -441,11 +502,12 @@ struct checkpoint_process::impl {
     arm_failure_timer();
   }
 
-  void on_exit() {
+  void on_exit(bp2::error_code e) {
     {
       std::lock_guard g(m);
       exited = true;
       exit_status = proc->native_exit_code();
+      status_known = !e;  // e.g. ECHILD when the trainer reaps children itself
       cv.notify_all();
       if (channel_broken) return fail_all_locked(broken_reason);
     }
@@ -466,13 +528,17 @@ struct checkpoint_process::impl {
     if (dead) return;
     std::string msg;
     errc code = errc::child_terminated;
-    if (terminate_acked) {
+    if (terminate_acked || killed_by_close) {
       code = errc::closed;
-      msg = "checkpoint process was closed";
+      msg = killed_by_close ? "checkpoint process was closed: the child did not finish within "
+                              "shutdown_timeout and was killed"
+                            : "checkpoint process was closed";
     } else {
       msg = "Child process terminated unexpectedly";
-      if (exited)
+      if (exited && status_known)
         msg += " (" + describe_status(exit_status) + ")";
+      else if (exited)
+        msg += " (exit status unavailable)";
       else if (!why.empty())
         msg += " (" + why + ")";
       msg += "; pending checkpoints were not written";
@@ -505,7 +571,8 @@ struct checkpoint_process::impl {
     try {
       if (j->pending) {
         // Wait for the producer, but notice close() and a dead child meanwhile.
-        while (j->pending->wait_for(50ms) != std::future_status::ready) {
+        // `timeout` only: a deferred future reports `deferred` at once and runs in get() below.
+        while (j->pending->wait_for(50ms) == std::future_status::timeout) {
           std::lock_guard g(m);
           if (stopping || dead || init_error) break;
         }
@@ -526,6 +593,7 @@ struct checkpoint_process::impl {
       asio::post(io, [this, frame = std::move(j->frame)]() mutable { send(std::move(frame)); });
     } catch (...) {
       j->done.set_exception(std::current_exception());
+      abandon_pending(*j);
     }
   }
 
@@ -561,12 +629,27 @@ struct checkpoint_process::impl {
     return out;
   }
 
+  static void fail_jobs(std::deque<std::shared_ptr<job>>& jobs, const std::string& why) {
+    auto e = std::make_exception_ptr(error(errc::closed, why));
+    for (auto& j : jobs) {
+      j->done.set_exception(e);
+      abandon_pending(*j);
+    }
+  }
+
+  // A future we will never wait for may be the last reference to a std::async state, whose
+  // destruction blocks until the producer finishes: let a detached thread absorb that wait.
+  static void abandon_pending(job& j) {
+    if (j.pending) std::thread([f = std::move(*j.pending)] {}).detach();
+    j.pending.reset();
+  }
+
   // ---- public operations ----------------------------------------------------------------------
 
   void wait_ready() {
     std::unique_lock lk(m);
     // The init timer bounds this wait; the extra margin only guards against a stuck io thread.
-    auto deadline = std::chrono::steady_clock::now() + opts.init_timeout + 5s;
+    auto deadline = deadline_after(opts.init_timeout, 5s);
     if (!cv.wait_until(lk, deadline, [&] { return ready || init_error || dead; }))
       throw error(errc::timeout, "Timed out after " + seconds_text(opts.init_timeout) +
                                      " waiting for checkpoint subprocess to initialize");
@@ -578,13 +661,19 @@ struct checkpoint_process::impl {
     auto f = j->done.get_future();
     // Encode before taking the lock (it can take milliseconds for large trees); the request id
     // is patched into the header once assigned, in queue order.
-    if (!j->pending)
-      j->frame = protocol::make_frame(
-          j->type, 0,
-          j->type == proto_type::write_checkpoint
-              ? protocol::encode_write(j->path.string(), j->prepared, j->kw,
-                                       [this](const tensor& t) { return seg.offset_of(t.data()); })
-              : std::vector<std::byte>{});
+    try {
+      if (!j->pending)
+        j->frame = protocol::make_frame(
+            j->type, 0,
+            j->type == proto_type::write_checkpoint
+                ? protocol::encode_write(
+                      j->path.string(), j->prepared, j->kw,
+                      [this](const tensor& t) { return seg.offset_of(t.data()); })
+                : std::vector<std::byte>{});
+    } catch (...) {  // unrepresentable state dict (too deep, strings too long): fail this write
+      j->done.set_exception(std::current_exception());
+      return f;
+    }
     std::lock_guard g(m);
     if (closing) {
       j->done.set_exception(std::make_exception_ptr(
@@ -611,8 +700,8 @@ struct checkpoint_process::impl {
     {
       std::unique_lock lk(m);
       if (closing) {
-        // A concurrent close: wait for it to finish.
-        cv.wait(lk, [&] { return stopping; });
+        // A concurrent close: wait until the first one has finished entirely.
+        cv.wait(lk, [&] { return closed_done; });
         return;
       }
       closing = true;
@@ -621,7 +710,8 @@ struct checkpoint_process::impl {
     {
       // Closing during the handshake: let it finish (bounded by the init timer) first.
       std::unique_lock lk(m);
-      cv.wait_for(lk, opts.init_timeout + 5s, [&] { return ready || init_error || dead; });
+      cv.wait_until(lk, deadline_after(opts.init_timeout, 5s),
+                    [&] { return ready || init_error || dead; });
       graceful = ready && !dead && !exited;
     }
     if (graceful) {
@@ -637,32 +727,41 @@ struct checkpoint_process::impl {
         cv.notify_all();
       }
       std::unique_lock lk(m);
-      cv.wait_for(lk, opts.shutdown_timeout, [&] { return exited; });
+      cv.wait_until(lk, deadline_after(opts.shutdown_timeout), [&] { return exited; });
     }
+    std::deque<std::shared_ptr<job>> unsent;
     {
       std::unique_lock lk(m);
       if (!exited) {
+        killed_by_close = true;
         lk.unlock();
         asio::post(io, [this] { kill_child(); });
         lk.lock();
         cv.wait_for(lk, kill_grace, [&] { return exited; });
       }
+      // Let the io thread read what the child sent before exiting and record how it ended, so
+      // a crash during close is reported as such rather than as a plain close.
+      cv.wait_for(lk, exit_status_grace + 1s, [&] { return dead != nullptr; });
       stopping = true;
-      auto closed = std::make_exception_ptr(
-          error(errc::closed, "checkpoint process was closed before the write completed"));
-      for (auto& j : queue) j->done.set_exception(closed);
-      queue.clear();
+      unsent.swap(queue);
       cv.notify_all();
     }
+    // Outside the lock: destroying a job may block (the last reference to a std::async state).
+    fail_jobs(unsent, "checkpoint process was closed before the write was sent");
+    unsent.clear();
     if (submit_thread.joinable()) submit_thread.join();
+    std::map<std::uint64_t, std::shared_ptr<job>> unanswered;
     {
       std::lock_guard g(m);
-      auto closed = std::make_exception_ptr(
-          error(errc::closed, "checkpoint process was closed before the write completed"));
-      for (auto& [id, j] : in_flight) j->done.set_exception(closed);
-      in_flight.clear();
-      if (!dead) dead = closed;
+      unanswered.swap(in_flight);
+      if (!dead)
+        dead = std::make_exception_ptr(
+            error(errc::closed, "checkpoint process was closed before the write completed"));
     }
+    for (auto& [id, j] : unanswered)
+      j->done.set_exception(std::make_exception_ptr(
+          error(errc::closed, "checkpoint process was closed before the write completed")));
+    unanswered.clear();
     work.reset();
     asio::post(io, [this] {
       boost::system::error_code ignored;
@@ -674,6 +773,9 @@ struct checkpoint_process::impl {
     if (io_thread.joinable()) io_thread.join();
     // If the child could not be reaped even after SIGKILL, detach so ~process does not block.
     if (proc && !exited) proc->detach();
+    std::lock_guard g(m);
+    closed_done = true;
+    cv.notify_all();
   }
 };
 

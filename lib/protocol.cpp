@@ -207,7 +207,8 @@ value decode_value(byte_reader& r, const resolve_function& resolve, std::size_t 
         fail("list claims " + std::to_string(n) + " items in " + std::to_string(r.remaining()) +
              " bytes");
       list l;
-      l.reserve(n);
+      // Bounded: a node is ~100 bytes in memory but may be 1 byte on the wire.
+      l.reserve(std::min<std::uint32_t>(n, 4096));
       for (std::uint32_t i = 0; i < n; ++i) l.push_back(decode_value(r, resolve, depth + 1));
       return l;
     }

@@ -105,7 +105,8 @@ class worker {
     for (;;) {
       boost::system::error_code ec;
       asio::read(sock_, asio::buffer(hbuf), ec);
-      if (ec) return 0;  // EOF: the parent closed the channel or died; nothing to answer
+      // EOF: the parent closed the channel or died; nothing to answer.
+      if (ec) return g_cancel.load() ? 128 + SIGTERM : 0;
       protocol::frame_header h;
       try {
         h = protocol::decode_header(hbuf);
@@ -267,6 +268,7 @@ int worker_main(int argc, char** argv) {
 
   struct sigaction sa {};
   sa.sa_handler = on_sigterm;
+  sa.sa_flags = SA_RESTART;  // an idle read() resumes; the watcher ends an idle process
   ::sigemptyset(&sa.sa_mask);
   ::sigaction(SIGTERM, &sa, nullptr);
   ::signal(SIGPIPE, SIG_IGN);

@@ -144,6 +144,15 @@ BOOST_AUTO_TEST_CASE(a_failed_future_state_dict_fails_only_its_write) {
   BOOST_TEST(std::filesystem::exists(dir / "b" / "record.txt"));
 }
 
+BOOST_AUTO_TEST_CASE(a_deferred_future_state_dict_is_produced_and_written) {
+  temp_dir dir;
+  checkpoint_process proc(child_options());
+  auto deferred = std::async(std::launch::deferred, [] { return small_state(); }).share();
+  proc.write(deferred, dir / "d").get();
+  proc.write(small_state(), dir / "after").get();  // the queue did not stall behind it
+  BOOST_TEST(std::filesystem::exists(dir / "d" / "record.txt"));
+}
+
 BOOST_AUTO_TEST_CASE(writes_are_served_in_submission_order) {
   temp_dir dir;
   checkpoint_process proc(child_options());
@@ -245,6 +254,18 @@ BOOST_AUTO_TEST_CASE(child_ignoring_terminate_is_killed_after_the_shutdown_timeo
   proc.close();
   BOOST_TEST(!proc.child_running());
   BOOST_TEST(!test::pid_alive(pid));
+}
+
+BOOST_AUTO_TEST_CASE(close_kills_a_write_that_outlasts_the_shutdown_timeout) {
+  temp_dir dir;
+  auto o = child_options("block");
+  o.shutdown_timeout = 1s;
+  checkpoint_process proc(o);
+  auto f = proc.write(small_state(), dir / "slow");
+  BOOST_TEST_REQUIRE(test::eventually([&] { return std::filesystem::exists(dir / "slow" / "started"); }));
+  proc.close();
+  BOOST_TEST(!proc.child_running());
+  expect_error([&] { f.get(); }, errc::closed, "did not finish within shutdown_timeout");
 }
 
 BOOST_AUTO_TEST_CASE(closed_channel_fails_writes_with_child_terminated) {
