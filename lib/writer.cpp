@@ -22,6 +22,10 @@
 // Thread safety: write_safetensors keeps no shared state except an atomic counter for names.
 #include "shmckpt/writer.hpp"
 
+#include <chrono>
+
+#include "shmckpt/commit.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -221,24 +225,62 @@ void fsync_directory(const fs::path& dir, const write_context& ctx) {
                     "' failed (" + os_message(errno) + "), so it may not survive a crash");
 }
 
+int int_arg(const kwargs& args, const char* key, int fallback, int min) {
+  auto it = args.find(key);
+  if (it == args.end()) return fallback;
+  const std::string& s = it->second;
+  int v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || s.empty() || v < min)
+    throw_error(errc::invalid_argument, std::string("default writer: argument '") + key +
+                                            "' is '" + s + "', not an integer >= " +
+                                            std::to_string(min));
+  return v;
+}
+
+// Writes this rank's file, then commits the checkpoint across ranks (commit.hpp): the write
+// succeeds only once the manifest that includes this rank's file is published.
 class default_writer final : public checkpoint_writer {
  public:
-  default_writer(int rank, const std::atomic<bool>* cancel) : rank_(rank), cancel_(cancel) {}
+  default_writer(const kwargs& args, const std::atomic<bool>* cancel) : cancel_(cancel) {
+    rank_.rank = int_arg(args, "rank", 0, 0);
+    rank_.world_size = int_arg(args, "world_size", 1, 1);
+    if (rank_.rank >= rank_.world_size)
+      throw_error(errc::invalid_argument, "default writer: rank " + std::to_string(rank_.rank) +
+                                              " is not below world_size " +
+                                              std::to_string(rank_.world_size));
+    timeout_ = std::chrono::milliseconds(int_arg(args, "commit_timeout_ms", 600000, 0));
+    if (auto it = args.find("hook"); it != args.end() && !it->second.empty())
+      hook_ = make_writer_hook(it->second, args);
+    barrier_ = make_file_barrier();
+  }
 
-  void write(const state_dict& sd, const fs::path& path, const kwargs&) override {
+  void write(const state_dict& sd, const fs::path& path, const kwargs& kw) override {
     std::error_code ec;
     fs::create_directories(path, ec);
     if (ec)
       throw_error(errc::io_error,
                   "cannot create checkpoint directory '" + path.string() + "': " + ec.message());
+    // Re-saving into a directory: it is incomplete until the new manifest is published.
+    if (rank_.rank == 0 && fs::exists(path / manifest_name, ec)) {
+      fs::remove(path / manifest_name, ec);
+      if (ec)
+        throw_error(errc::io_error, "cannot retire the old manifest in '" + path.string() +
+                                        "': " + ec.message());
+    }
     safetensors_write_options options;
     options.cancel = cancel_;
-    write_safetensors(checkpoint_file_path(path, rank_), sd, options);
+    write_safetensors(checkpoint_file_path(path, rank_.rank), sd, options);
+    commit_checkpoint(path, describe_rank_file(path, rank_.rank), rank_, *barrier_,
+                      hook_.get(), kw, timeout_);
   }
 
  private:
-  int rank_;
+  rank_info rank_;
   const std::atomic<bool>* cancel_;
+  std::chrono::milliseconds timeout_;
+  std::unique_ptr<writer_hook> hook_;
+  std::unique_ptr<barrier> barrier_;
 };
 
 }  // namespace
@@ -273,15 +315,7 @@ fs::path checkpoint_file_path(const fs::path& dir, int rank) {
 
 std::unique_ptr<checkpoint_writer> make_default_writer(const kwargs& args,
                                                        const std::atomic<bool>* cancel) {
-  int rank = 0;
-  if (auto it = args.find("rank"); it != args.end()) {
-    const std::string& s = it->second;
-    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), rank);
-    if (ec != std::errc() || end != s.data() + s.size() || s.empty() || rank < 0)
-      throw_error(errc::invalid_argument,
-                  "default writer: argument 'rank' is '" + s + "', not a non-negative integer");
-  }
-  return std::make_unique<default_writer>(rank, cancel);
+  return std::make_unique<default_writer>(args, cancel);
 }
 
 }  // namespace shmckpt

@@ -19,6 +19,6 @@ run_suite build
 if [ "${1:-}" = "--sanitizers" ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_suite build-asan -DSHMCKPT_SANITIZE=address
-  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+  TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/test/tsan.supp" \
     run_suite build-tsan -DSHMCKPT_SANITIZE=thread
 fi

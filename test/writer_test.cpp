@@ -427,16 +427,26 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_can_be_rewritten_from_its_own_mapped_tensors) 
 
 BOOST_AUTO_TEST_CASE(default_writer_creates_the_directory_and_names_the_file_by_rank) {
   scratch_dir dir("writer");
-  auto writer = make_default_writer({{"rank", "3"}, {"world_size", "4"}});
+  // Rank 3 of 4 alone: its file is written, but the commit barrier names the absent ranks and
+  // no manifest is published.
+  auto writer = make_default_writer(
+      {{"rank", "3"}, {"world_size", "4"}, {"commit_timeout_ms", "100"}});
   state_dict sd{{"w", random_tensor(dtype::f32, {4}, 1)}};
   fs::path target = dir / "run" / "step_100";
-  writer->write(sd, target, {});
+  BOOST_CHECK_EXCEPTION(writer->write(sd, target, {}), error, [](const error& e) {
+    return has_code(e, errc::timeout) &&
+           std::string(e.what()).find("rank(s) 0, 1, 2 of 4 never arrived") != std::string::npos;
+  });
   BOOST_TEST(fs::is_regular_file(target / "checkpoint_3.safetensors"));
+  BOOST_TEST(!fs::exists(target / "checkpoint.json"));
   BOOST_TEST((read(target, {}, 3) == sd));
 
   auto rank0 = make_default_writer({});
-  rank0->write(sd, target, {});
-  BOOST_TEST((read(target) == sd));
+  rank0->write(sd, dir / "single", {});
+  BOOST_TEST((read(dir / "single") == sd));
+  BOOST_TEST(fs::is_regular_file(dir / "single" / "checkpoint.json"));
+  BOOST_CHECK_EXCEPTION(make_default_writer({{"rank", "1"}}), error,
+                        expect_error(errc::invalid_argument, "world_size"));
 
   for (std::string bad : {"-1", "x", "", "3x", " 3", "99999999999"}) {
     BOOST_TEST_CONTEXT("rank '" << bad << "'") {

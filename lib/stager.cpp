@@ -1,0 +1,328 @@
+// The stager: generation pools of shared buffers, leases, and a parallel copy pool.
+//
+// Locking: `m` guards the generations and the async queue. Copies run without it. A generation's
+// lease is a shared_ptr whose deleter marks the generation free; every staged tensor holds the
+// lease as its owner, so the generation is reused only after the last snapshot tensor is gone.
+#include "shmckpt/stager.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "shmckpt/error.hpp"
+#include "util.hpp"
+
+namespace shmckpt {
+
+namespace {
+
+struct copy_job {
+  std::byte* dst;
+  const std::byte* src;
+  std::size_t n;
+};
+
+// Splitting large tensors lets all threads share one big tensor; 4 MiB keeps per-chunk overhead
+// negligible while leaving enough chunks to balance.
+constexpr std::size_t chunk_bytes = std::size_t{4} << 20;
+// Below this total a single thread is faster than waking others.
+constexpr std::size_t parallel_threshold = std::size_t{8} << 20;
+
+// A fixed set of threads that copy the chunks of one batch at a time, together with the caller.
+class copy_pool {
+ public:
+  explicit copy_pool(std::size_t helpers) {
+    for (std::size_t i = 0; i < helpers; ++i) threads_.emplace_back([this] { loop(); });
+  }
+  ~copy_pool() {
+    {
+      std::lock_guard g(m_);
+      stop_ = true;
+    }
+    work_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  void run(const std::vector<copy_job>& jobs) {
+    std::size_t total = 0;
+    for (const auto& j : jobs) total += j.n;
+    if (threads_.empty() || total < parallel_threshold) {
+      for (const auto& j : jobs) std::memcpy(j.dst, j.src, j.n);
+      return;
+    }
+    std::vector<copy_job> chunks;
+    for (const auto& j : jobs)
+      for (std::size_t off = 0; off < j.n; off += chunk_bytes)
+        chunks.push_back({j.dst + off, j.src + off, std::min(chunk_bytes, j.n - off)});
+    std::lock_guard serial(run_lock_);  // one batch at a time
+    {
+      std::lock_guard g(m_);
+      batch_ = &chunks;
+      next_ = 0;
+      remaining_ = chunks.size();
+      ++epoch_;
+    }
+    work_.notify_all();
+    work(chunks);
+    std::unique_lock lk(m_);
+    // Wait until every chunk is copied and no helper still looks at this batch.
+    done_.wait(lk, [&] { return remaining_ == 0 && active_ == 0; });
+    batch_ = nullptr;
+  }
+
+ private:
+  void work(const std::vector<copy_job>& chunks) {
+    std::size_t finished = 0;
+    for (;;) {
+      std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+      if (i >= chunks.size()) break;
+      std::memcpy(chunks[i].dst, chunks[i].src, chunks[i].n);
+      ++finished;
+    }
+    if (finished) {
+      std::lock_guard g(m_);
+      remaining_ -= finished;
+      if (remaining_ == 0) done_.notify_all();
+    }
+  }
+
+  void loop() {
+    std::uint64_t seen = 0;
+    for (;;) {
+      const std::vector<copy_job>* batch;
+      {
+        std::unique_lock lk(m_);
+        work_.wait(lk, [&] { return stop_ || (batch_ && epoch_ != seen); });
+        if (stop_) return;
+        seen = epoch_;
+        batch = batch_;
+        ++active_;
+      }
+      work(*batch);
+      std::lock_guard g(m_);
+      --active_;
+      if (active_ == 0) done_.notify_all();
+    }
+  }
+
+  std::mutex run_lock_;
+  std::mutex m_;
+  std::condition_variable work_, done_;
+  const std::vector<copy_job>* batch_ = nullptr;
+  std::atomic<std::size_t> next_{0};
+  std::size_t remaining_ = 0;
+  std::size_t active_ = 0;
+  std::uint64_t epoch_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+std::size_t default_threads() {
+  unsigned hw = std::thread::hardware_concurrency();
+  return std::clamp<std::size_t>(hw == 0 ? 1 : hw, 1, 4);
+}
+
+}  // namespace
+
+struct generation {
+  std::unordered_map<std::string, tensor> blocks;  // flattened name → u8 buffer in the segment
+  bool leased = false;
+};
+
+struct stager::impl : std::enable_shared_from_this<impl> {
+  impl(checkpoint_process& p, stager_options o)
+      : proc(p),
+        opts(o),
+        pool((opts.threads ? opts.threads : default_threads()) - 1) {
+    if (opts.generations == 0)
+      throw_error(errc::invalid_argument, "stager_options::generations must be at least 1");
+    for (std::size_t i = 0; i < opts.generations; ++i)
+      gens.push_back(std::make_shared<generation>());
+  }
+
+  checkpoint_process& proc;
+  stager_options opts;
+  copy_pool pool;
+
+  mutable std::mutex m;
+  std::condition_variable cv;
+  std::vector<std::shared_ptr<generation>> gens;
+  std::size_t next_gen = 0;
+  bool closed = false;
+
+  struct async_request {
+    state_dict sd;
+    std::promise<state_dict> snapshot;
+    std::promise<void> done;
+  };
+  std::deque<async_request> queue;
+  std::thread async_thread;
+
+  // Leases the next free generation (round robin), waiting up to acquire_timeout.
+  std::shared_ptr<generation> acquire() {
+    std::unique_lock lk(m);
+    auto free_index = [&]() -> std::optional<std::size_t> {
+      for (std::size_t k = 0; k < gens.size(); ++k) {
+        std::size_t i = (next_gen + k) % gens.size();
+        if (!gens[i]->leased) return i;
+      }
+      return std::nullopt;
+    };
+    std::optional<std::size_t> i;
+    // Not woken by close(): requests queued before close() are still served.
+    bool ok = cv.wait_for(lk, opts.acquire_timeout, [&] { return (i = free_index()).has_value(); });
+    if (!ok)
+      throw error(errc::timeout,
+                  "all " + std::to_string(gens.size()) +
+                      " staging generations are still in use after waiting " +
+                      std::to_string(opts.acquire_timeout.count()) +
+                      " ms: earlier checkpoints have not become durable (slow storage?); wait "
+                      "for their futures, raise acquire_timeout, or add generations");
+    next_gen = (*i + 1) % gens.size();
+    gens[*i]->leased = true;
+    return gens[*i];
+  }
+
+  state_dict stage(const state_dict& sd) {
+    auto gen = acquire();
+    // The lease: when the last snapshot tensor drops it, the generation is free again. It also
+    // keeps the generation's buffers alive should the stager close first.
+    std::weak_ptr<impl> self = shared_from_this();
+    std::shared_ptr<const void> lease(gen.get(), [self, gen](const generation*) {
+      if (auto s = self.lock()) {
+        std::lock_guard g(s->m);
+        gen->leased = false;
+        s->cv.notify_all();
+      }
+    });
+    std::vector<copy_job> jobs;
+    std::unordered_map<std::string, tensor> used;
+    state_dict out;
+    for (const auto& [k, v] : sd) out.insert_or_assign(k, snapshot(v, k, *gen, lease, jobs, used));
+    gen->blocks = std::move(used);  // buffers of names no longer present return to the segment
+    pool.run(jobs);
+    return out;
+  }
+
+  value snapshot(const value& v, const std::string& name, generation& gen,
+                 const std::shared_ptr<const void>& lease, std::vector<copy_job>& jobs,
+                 std::unordered_map<std::string, tensor>& used) {
+    switch (v.type()) {
+      case kind::tensor: {
+        const auto& t = v.as_tensor();
+        if (proc.is_shared(t)) return t;  // already in the segment: zero-copy
+        tensor block;
+        if (auto it = gen.blocks.find(name);
+            it != gen.blocks.end() && it->second.nbytes() == std::max<std::size_t>(t.nbytes(), 1))
+          block = it->second;
+        else
+          block = proc.make_tensor(dtype::u8, {static_cast<std::int64_t>(std::max<std::size_t>(t.nbytes(), 1))});
+        used.insert_or_assign(name, block);
+        if (t.nbytes()) jobs.push_back({block.data(), t.data(), t.nbytes()});
+        return tensor(t.type(), t.shape(), {block.data(), t.nbytes()}, lease);
+      }
+      case kind::dict: {
+        dict out;
+        for (const auto& [k, e] : v.as_dict())
+          out.insert_or_assign(k, snapshot(e, name + "." + k, gen, lease, jobs, used));
+        return out;
+      }
+      case kind::list: {
+        list out;
+        const auto& l = v.as_list();
+        out.reserve(l.size());
+        for (std::size_t i = 0; i < l.size(); ++i)
+          out.push_back(snapshot(l[i], name + "." + std::to_string(i), gen, lease, jobs, used));
+        return out;
+      }
+      default: return v;
+    }
+  }
+
+  void async_loop() {
+    for (;;) {
+      async_request r;
+      {
+        std::unique_lock lk(m);
+        cv.wait(lk, [&] { return !queue.empty() || closed; });
+        if (queue.empty()) return;
+        r = std::move(queue.front());
+        queue.pop_front();
+      }
+      try {
+        auto staged = stage(r.sd);
+        r.sd = {};
+        r.snapshot.set_value(std::move(staged));
+        r.done.set_value();
+      } catch (...) {
+        r.snapshot.set_exception(std::current_exception());
+        r.done.set_exception(std::current_exception());
+      }
+    }
+  }
+};
+
+stager::stager(checkpoint_process& process, stager_options options)
+    : impl_(std::make_shared<impl>(process, options)) {}
+
+stager::~stager() { close(); }
+
+state_dict stager::stage(const state_dict& sd) {
+  {
+    std::lock_guard g(impl_->m);
+    if (impl_->closed) throw error(errc::closed, "stager was closed");
+  }
+  return impl_->stage(sd);
+}
+
+stager::staging stager::stage_async(state_dict sd) {
+  impl::async_request r;
+  r.sd = std::move(sd);
+  staging out{r.snapshot.get_future().share(), r.done.get_future().share()};
+  std::lock_guard g(impl_->m);
+  if (impl_->closed) throw error(errc::closed, "stager was closed");
+  if (!impl_->async_thread.joinable())
+    impl_->async_thread = std::thread([i = impl_.get()] { i->async_loop(); });
+  impl_->queue.push_back(std::move(r));
+  impl_->cv.notify_all();
+  return out;
+}
+
+std::size_t stager::generations_in_use() const {
+  std::lock_guard g(impl_->m);
+  std::size_t n = 0;
+  for (const auto& gen : impl_->gens) n += gen->leased;
+  return n;
+}
+
+std::size_t stager::pooled_bytes() const {
+  std::lock_guard g(impl_->m);
+  std::size_t n = 0;
+  for (const auto& gen : impl_->gens)
+    for (const auto& [k, t] : gen->blocks) n += t.nbytes();
+  return n;
+}
+
+void stager::close() noexcept {
+  if (!impl_) return;
+  std::thread t;
+  {
+    std::lock_guard g(impl_->m);
+    if (impl_->closed && !impl_->async_thread.joinable()) return;
+    impl_->closed = true;  // the async thread drains the queue, then exits
+    impl_->cv.notify_all();
+    t = std::move(impl_->async_thread);
+  }
+  if (t.joinable()) t.join();
+  std::lock_guard g(impl_->m);
+  // Leased generations stay alive through their leases until their snapshots are gone.
+  for (auto& gen : impl_->gens)
+    if (!gen->leased) gen->blocks.clear();
+}
+
+}  // namespace shmckpt
