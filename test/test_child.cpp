@@ -96,7 +96,29 @@ class fd_list_writer : public checkpoint_writer {
   }
 };
 
+// Waits until the file named by kwarg "gate" exists (bounded), then writes like the default
+// writer: lets tests hold a write "in progress" for as long as they need.
+class gate_writer : public checkpoint_writer {
+ public:
+  explicit gate_writer(const kwargs& args) : inner_(make_default_writer(args)) {}
+  void write(const state_dict& sd, const std::filesystem::path& path,
+             const kwargs& kw) override {
+    if (auto it = kw.find("gate"); it != kw.end()) {
+      auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (!std::filesystem::exists(it->second)) {
+        if (std::chrono::steady_clock::now() > end) throw std::runtime_error("gate never opened");
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    }
+    inner_->write(sd, path, kw);
+  }
+
+ private:
+  std::unique_ptr<checkpoint_writer> inner_;
+};
+
 void register_all() {
+  register_writer_factory("gate", [](const kwargs& a) { return std::make_unique<gate_writer>(a); });
   register_writer_factory("fds", [](const kwargs&) { return std::make_unique<fd_list_writer>(); });
   register_init_function("sleep", [](const kwargs& a) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::stol(a.at("ms"))));
