@@ -819,6 +819,10 @@ tensor checkpoint_process::make_tensor(dtype type, std::vector<std::int64_t> sha
   return impl_->seg.make_tensor(type, std::move(shape));
 }
 
+std::shared_ptr<std::byte> checkpoint_process::allocate(std::size_t n) {
+  return impl_->seg.allocate(n);
+}
+
 bool checkpoint_process::is_shared(const tensor& t) const noexcept {
   return impl_->seg.contains(t.data(), t.nbytes());
 }

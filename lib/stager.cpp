@@ -129,8 +129,13 @@ std::size_t default_threads() {
 
 }  // namespace
 
+struct pooled_block {
+  std::shared_ptr<std::byte> memory;  // in the segment
+  std::size_t size = 0;
+};
+
 struct generation {
-  std::unordered_map<std::string, tensor> blocks;  // flattened name → u8 buffer in the segment
+  std::unordered_map<std::string, pooled_block> blocks;  // flattened name → buffer
   bool leased = false;
 };
 
@@ -201,7 +206,7 @@ struct stager::impl : std::enable_shared_from_this<impl> {
       }
     });
     std::vector<copy_job> jobs;
-    std::unordered_map<std::string, tensor> used;
+    std::unordered_map<std::string, pooled_block> used;
     state_dict out;
     for (const auto& [k, v] : sd) out.insert_or_assign(k, snapshot(v, k, *gen, lease, jobs, used));
     gen->blocks = std::move(used);  // buffers of names no longer present return to the segment
@@ -211,20 +216,21 @@ struct stager::impl : std::enable_shared_from_this<impl> {
 
   value snapshot(const value& v, const std::string& name, generation& gen,
                  const std::shared_ptr<const void>& lease, std::vector<copy_job>& jobs,
-                 std::unordered_map<std::string, tensor>& used) {
+                 std::unordered_map<std::string, pooled_block>& used) {
     switch (v.type()) {
       case kind::tensor: {
         const auto& t = v.as_tensor();
         if (proc.is_shared(t)) return t;  // already in the segment: zero-copy
-        tensor block;
-        if (auto it = gen.blocks.find(name);
-            it != gen.blocks.end() && it->second.nbytes() == std::max<std::size_t>(t.nbytes(), 1))
-          block = it->second;
+        // Reuse this generation's buffer for the name when the size still matches; otherwise a
+        // fresh, uninitialised one (the copy overwrites every byte).
+        std::shared_ptr<std::byte> block;
+        if (auto it = gen.blocks.find(name); it != gen.blocks.end() && it->second.size == t.nbytes())
+          block = it->second.memory;
         else
-          block = proc.make_tensor(dtype::u8, {static_cast<std::int64_t>(std::max<std::size_t>(t.nbytes(), 1))});
-        used.insert_or_assign(name, block);
-        if (t.nbytes()) jobs.push_back({block.data(), t.data(), t.nbytes()});
-        return tensor(t.type(), t.shape(), {block.data(), t.nbytes()}, lease);
+          block = proc.allocate(t.nbytes());
+        used.insert_or_assign(name, pooled_block{block, t.nbytes()});
+        if (t.nbytes()) jobs.push_back({block.get(), t.data(), t.nbytes()});
+        return tensor(t.type(), t.shape(), {block.get(), t.nbytes()}, lease);
       }
       case kind::dict: {
         dict out;
@@ -304,7 +310,7 @@ std::size_t stager::pooled_bytes() const {
   std::lock_guard g(impl_->m);
   std::size_t n = 0;
   for (const auto& gen : impl_->gens)
-    for (const auto& [k, t] : gen->blocks) n += t.nbytes();
+    for (const auto& [k, b] : gen->blocks) n += b.size;
   return n;
 }
 
