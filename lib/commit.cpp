@@ -128,7 +128,11 @@ class file_barrier final : public barrier {
     publish_file(cdir / std::to_string(rank.rank), json::serialize(to_json(me)));
     auto deadline = std::chrono::steady_clock::now() + timeout;
     auto pause = std::chrono::milliseconds(poll_first);
+    const auto mine = cdir / std::to_string(rank.rank);
     for (;;) {
+      // Rank 0 removes the arrivals once it has published the manifest: if ours is gone, the
+      // round is complete (the caller then checks the manifest for our file).
+      if (!fs::exists(mine, ec)) return {};
       std::map<int, rank_file> seen;
       for (const auto& e : fs::directory_iterator(cdir, ec)) {
         auto name = e.path().filename().string();

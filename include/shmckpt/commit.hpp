@@ -48,7 +48,9 @@ struct manifest {
 };
 
 /// Synchronises the ranks of one checkpoint. `arrive` records that `me` is durable and returns
-/// once all ranks have arrived; it throws error(timeout) naming the ranks that did not.
+/// once all ranks have arrived, with every rank's entry (rank 0 needs them for the manifest;
+/// other ranks may get an empty list when rank 0 has already completed the round). It throws
+/// error(timeout) naming the ranks that did not arrive.
 class barrier {
  public:
   virtual ~barrier() = default;
