@@ -17,6 +17,12 @@
 // SIGBUS, as with any mapped file.
 //
 // `list_entries` reads only the header, with pread, and maps nothing.
+//
+// `read_into` maps the file like `read`, builds the whole tree as views (which validates it
+// exactly as `read` does), matches the template against it by flattened key path, and only
+// when every requested key has been checked (kinds, dtypes, shapes, optionally checksums)
+// copies bytes into the template's tensors and replaces its other leaves: an error leaves the
+// template untouched.
 #include "shmckpt/reader.hpp"
 
 #include <fcntl.h>
@@ -25,10 +31,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "safetensors.hpp"
 #include "shmckpt/error.hpp"
@@ -149,30 +159,225 @@ std::uint64_t hash_of(const mapped_checkpoint& m, const tensor_entry& e) {
 
 value no_tensor(std::size_t) { return none; }
 
+void verify_entry(const mapped_checkpoint& m, std::size_t i) {
+  if (m.header.checksums.empty()) return;  // written without checksums: nothing to compare
+  const tensor_entry& e = m.header.entries[i];
+  std::uint64_t actual = hash_of(m, e);
+  if (actual != m.header.checksums[i])
+    throw_error(errc::corrupt_data, m.label + ": tensor " + detail::quote_name(e.name) +
+                                        ": checksum mismatch: the header records " + e.checksum +
+                                        ", the bytes hash to xxh3:" + detail::hex64(actual));
+}
+
+// Entry `i` as a tensor: a view of the mapping, or a private copy when asked for or when the
+// bytes miss their natural alignment (only in files from other writers).
+tensor entry_tensor(const mapped_checkpoint& m, std::size_t i, bool copy) {
+  const tensor_entry& e = m.header.entries[i];
+  std::span<std::byte> bytes(m.data + e.offset, static_cast<std::size_t>(e.nbytes));
+  bool aligned =
+      reinterpret_cast<std::uintptr_t>(bytes.data()) % detail::element_alignment(e.type) == 0;
+  if (copy || !aligned) return tensor::copy_of(e.type, e.shape, bytes);
+  return tensor(e.type, e.shape, bytes, m.map);
+}
+
+// ---- read_into -------------------------------------------------------------------------------
+
+std::string join_path(const std::string& path, std::string_view part) {
+  return path.empty() ? std::string(part) : path + "." + std::string(part);
+}
+
+bool is_container(const value& v) noexcept {
+  return v.type() == kind::dict || v.type() == kind::list;
+}
+
+// "F32 [4, 4]" for tensors, "tensor F32 [4, 4]" / "int" / "dict" when the kinds differ.
+std::string describe(const value& v) {
+  if (v.type() != kind::tensor) return std::string(kind_name(v.type()));
+  const tensor& t = v.as_tensor();
+  return "tensor " + std::string(dtype_name(t.type())) + " " + format_shape(t.shape());
+}
+
+// Every node of the file's tree (containers too, not the root) by flattened path, plus its
+// leaves in tree order. A path reachable twice ({"a.b": 1, "a": {"b": 2}}) keeps the first.
+struct flat_tree {
+  std::unordered_map<std::string, const value*> nodes;
+  std::vector<std::string> leaves;
+
+  explicit flat_tree(const dict& root) { add_dict(root, ""); }
+
+ private:
+  void add(const value& v, const std::string& path) {
+    bool first = nodes.emplace(path, &v).second;
+    switch (v.type()) {
+      case kind::dict: add_dict(v.as_dict(), path); break;
+      case kind::list:
+        for (std::size_t i = 0; i < v.as_list().size(); ++i)
+          add(v.as_list()[i], join_path(path, std::to_string(i)));
+        break;
+      default:
+        if (first) leaves.push_back(path);
+    }
+  }
+  void add_dict(const dict& d, const std::string& path) {
+    for (const auto& [k, v] : d) add(v, join_path(path, k));
+  }
+};
+
+// What read_into will do, decided before any byte of the template is touched.
+class read_into_plan {
+ public:
+  read_into_plan(const mapped_checkpoint& m, const flat_tree& file) : m_(m), file_(file) {
+    for (std::size_t i = 0; i < m.header.entries.size(); ++i)
+      entry_index_.emplace(m.header.entries[i].name, i);
+  }
+
+  void visit_dict(dict& d, const std::string& path) {
+    for (auto& [k, v] : d) visit(v, join_path(path, k));
+  }
+
+  // Throws for the first mismatch found, mentioning how many more there are.
+  void check() const {
+    if (mismatches_.empty()) return;
+    std::string what = m_.label + ": " + mismatches_.front();
+    if (mismatches_.size() > 1)
+      what += " (and " + std::to_string(mismatches_.size() - 1) + " more " +
+              (mismatches_.size() == 2 ? "key" : "keys") + " that do not match)";
+    throw_error(errc::invalid_argument, what);
+  }
+
+  void verify_checksums() const {
+    for (const auto& c : copies_) verify_entry(m_, c.entry);
+    for (const auto& a : assigns_)
+      if (a.entry) verify_entry(m_, *a.entry);
+  }
+
+  void apply() const {
+    for (const auto& c : copies_) {
+      const std::byte* from = m_.data + m_.header.entries[c.entry].offset;
+      if (c.target.nbytes()) std::memcpy(c.target.data(), from, c.target.nbytes());
+    }
+    for (const auto& a : assigns_) *a.slot = *a.source;
+  }
+
+  std::vector<std::string> missing;
+  std::unordered_set<std::string> requested;  // every template leaf path
+
+ private:
+  struct copy_into {
+    tensor target;  // shares the template tensor's memory
+    std::size_t entry;
+  };
+  struct assign {
+    value* slot;                       // in the template
+    const value* source;               // in the file's tree
+    std::optional<std::size_t> entry;  // when the source is a tensor
+  };
+
+  void visit(value& v, const std::string& path) {
+    auto found = file_.nodes.find(path);
+    const value* src = found == file_.nodes.end() ? nullptr : found->second;
+    if (is_container(v)) {
+      if (src && !is_container(*src)) mismatch("key", path, describe(*src), describe(v));
+      if (v.type() == kind::dict) {
+        visit_dict(v.as_dict(), path);
+      } else {
+        auto& l = v.as_list();
+        for (std::size_t i = 0; i < l.size(); ++i)
+          visit(l[i], join_path(path, std::to_string(i)));
+      }
+      return;
+    }
+    if (!requested.insert(path).second)
+      throw_error(errc::invalid_argument,
+                  m_.label + ": the template has two leaves named " + detail::quote_name(path) +
+                      " (flattened key paths must be unique)");
+    if (!src) {
+      missing.push_back(path);
+      return;
+    }
+    bool want_tensor = v.type() == kind::tensor;
+    bool have_tensor = src->type() == kind::tensor;
+    if (want_tensor != have_tensor || is_container(*src)) {
+      mismatch("key", path, describe(*src), describe(v));
+      return;
+    }
+    if (!want_tensor) {
+      assigns_.push_back({&v, src, std::nullopt});
+      return;
+    }
+    std::size_t entry = entry_index_.at(path);  // a tree tensor is named by its own path
+    const tensor& t = v.as_tensor();
+    if (t.data() == nullptr) {  // placeholder: take the file's tensor as it is
+      assigns_.push_back({&v, src, entry});
+      return;
+    }
+    const tensor_entry& e = m_.header.entries[entry];
+    if (e.type != t.type() || e.shape != t.shape()) {
+      mismatch("tensor", path, std::string(dtype_name(e.type)) + " " + format_shape(e.shape),
+               std::string(dtype_name(t.type())) + " " + format_shape(t.shape()));
+      return;
+    }
+    copies_.push_back({t, entry});
+  }
+
+  void mismatch(const char* what, const std::string& path, const std::string& file_has,
+                const std::string& template_has) {
+    mismatches_.push_back(std::string(what) + " " + detail::quote_name(path) +
+                          ": checkpoint has " + file_has + ", template has " + template_has);
+  }
+
+  const mapped_checkpoint& m_;
+  const flat_tree& file_;
+  std::unordered_map<std::string, std::size_t> entry_index_;
+  std::vector<copy_into> copies_;
+  std::vector<assign> assigns_;
+  std::vector<std::string> mismatches_;
+};
+
+std::string name_list(const std::vector<std::string>& names) {
+  constexpr std::size_t shown = 10;
+  std::string out;
+  for (std::size_t i = 0; i < names.size() && i < shown; ++i)
+    out += (i ? ", " : "") + detail::quote_name(names[i]);
+  if (names.size() > shown) out += " and " + std::to_string(names.size() - shown) + " more";
+  return out;
+}
+
 }  // namespace
 
 state_dict read(const fs::path& file_or_dir, const read_options& options, int rank) {
   mapped_checkpoint m = map_checkpoint(resolve(file_or_dir, rank));
-  const auto& entries = m.header.entries;
-  if (options.verify_checksums && !m.header.checksums.empty()) {
-    for (std::size_t i = 0; i < entries.size(); ++i) {
-      std::uint64_t actual = hash_of(m, entries[i]);
-      if (actual != m.header.checksums[i])
-        throw_error(errc::corrupt_data,
-                    m.label + ": tensor " + detail::quote_name(entries[i].name) +
-                        ": checksum mismatch: the header records " + entries[i].checksum +
-                        ", the bytes hash to xxh3:" + detail::hex64(actual));
-    }
-  }
-  auto make_tensor = [&](std::size_t i) -> value {
-    const tensor_entry& e = entries[i];
-    std::span<std::byte> bytes(m.data + e.offset, static_cast<std::size_t>(e.nbytes));
-    bool aligned = reinterpret_cast<std::uintptr_t>(bytes.data()) %
-                       detail::element_alignment(e.type) == 0;
-    if (options.copy || !aligned) return tensor::copy_of(e.type, e.shape, bytes);
-    return tensor(e.type, e.shape, bytes, m.map);
-  };
+  if (options.verify_checksums)
+    for (std::size_t i = 0; i < m.header.entries.size(); ++i) verify_entry(m, i);
+  auto make_tensor = [&](std::size_t i) -> value { return entry_tensor(m, i, options.copy); };
   return detail::build_state_dict(m.header, make_tensor, m.label);
+}
+
+read_result read_into(const fs::path& file_or_dir, state_dict& template_,
+                      const read_into_options& options) {
+  mapped_checkpoint m = map_checkpoint(resolve(file_or_dir, options.rank));
+  // The whole tree is built (as views, O(header)) so that it is validated exactly as `read`
+  // validates it, and so that non-tensor values can be looked up by path.
+  state_dict file = detail::build_state_dict(
+      m.header, [&](std::size_t i) -> value { return entry_tensor(m, i, false); }, m.label);
+  flat_tree flat(file);
+  read_into_plan plan(m, flat);
+  plan.visit_dict(template_, "");
+  plan.check();
+  if (options.strict && !plan.missing.empty())
+    throw_error(errc::not_found,
+                m.label + ": " + std::to_string(plan.missing.size()) + " key" +
+                    (plan.missing.size() == 1 ? " of the template is" : "s of the template are") +
+                    " not in the file: " + name_list(plan.missing));
+  if (options.verify_checksums) plan.verify_checksums();
+  plan.apply();
+
+  read_result r;
+  r.state = template_;
+  r.missing = std::move(plan.missing);
+  for (const auto& leaf : flat.leaves)
+    if (!plan.requested.contains(leaf)) r.unexpected.push_back(leaf);
+  return r;
 }
 
 std::vector<tensor_entry> list_entries(const fs::path& file) {
@@ -188,12 +393,42 @@ std::vector<tensor_entry> list_entries(const fs::path& file) {
 }
 
 std::vector<checksum_check> check_checksums(const fs::path& file_or_dir, int rank) {
-  mapped_checkpoint m = map_checkpoint(resolve(file_or_dir, rank));
+  check_checksums_options options;
+  options.rank = rank;
+  return check_checksums(file_or_dir, options);
+}
+
+std::vector<checksum_check> check_checksums(const fs::path& file_or_dir,
+                                            const check_checksums_options& options) {
+  mapped_checkpoint m = map_checkpoint(resolve(file_or_dir, options.rank));
   detail::build_state_dict(m.header, no_tensor, m.label);
   std::vector<checksum_check> out;
   out.reserve(m.header.entries.size());
-  for (const auto& e : m.header.entries)
-    out.push_back({e.name, e.checksum, "xxh3:" + detail::hex64(hash_of(m, e))});
+  if (!options.progress) {
+    for (const auto& e : m.header.entries)
+      out.push_back({e.name, e.checksum, "xxh3:" + detail::hex64(hash_of(m, e))});
+    return out;
+  }
+  // Streaming hash in slices, so that a multi-gigabyte tensor still moves the progress bar.
+  constexpr std::uint64_t slice = std::uint64_t{64} << 20;
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                 &XXH3_freeState);
+  if (!state) throw std::bad_alloc();
+  std::uint64_t total = 0, done = 0;
+  for (const auto& e : m.header.entries) total += e.nbytes;  // contiguous: cannot overflow
+  for (const auto& e : m.header.entries) {
+    XXH3_64bits_reset(state.get());
+    for (std::uint64_t at = 0; at < e.nbytes;) {
+      std::uint64_t n = std::min(slice, e.nbytes - at);
+      XXH3_64bits_update(state.get(), m.data + e.offset + at, static_cast<std::size_t>(n));
+      at += n;
+      done += n;
+      if (at < e.nbytes) options.progress(done, total);
+    }
+    out.push_back({e.name, e.checksum, "xxh3:" + detail::hex64(XXH3_64bits_digest(state.get()))});
+    options.progress(done, total);
+  }
+  if (m.header.entries.empty()) options.progress(0, 0);
   return out;
 }
 

@@ -8,10 +8,16 @@
 //
 // Files not written by shmckpt (no tree metadata) load as a flat dict of name → tensor.
 //
+// `read_into` is the partial read: the caller passes a template state dict (typically the live
+// model and optimizer state, possibly in a shared segment) and only the keys it names are read,
+// straight into the template's own tensor memory, with dtypes and shapes checked.
+//
 // Thread safety: independent calls are safe concurrently.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +39,59 @@ struct read_options {
 /// validation; io_error for OS failures.
 state_dict read(const std::filesystem::path& file_or_dir, const read_options& options = {},
                 int rank = 0);
+
+/// Options of `read_into`.
+struct read_into_options {
+  /// Fail with error(not_found) naming every template key the file lacks, instead of listing
+  /// them in read_result::missing. Checked before anything is written into the template.
+  bool strict = false;
+  /// Hash the bytes of every tensor that is read and compare them with the recorded checksum
+  /// (error(corrupt_data) naming the first tensor that does not match), before anything is
+  /// written into the template. Files without checksums pass.
+  bool verify_checksums = false;
+  /// Given a directory, read its checkpoint_<rank>.safetensors.
+  int rank = 0;
+};
+
+/// What `read_into` did.
+struct read_result {
+  /// The filled template: a copy of the dict passed in, sharing its tensors' memory.
+  state_dict state;
+  /// Flattened keys of template leaves the file does not hold, in template order.
+  std::vector<std::string> missing;
+  /// Flattened keys of file leaves (tensors and non-tensor values) the template does not ask
+  /// for, in the file's tree order. Never an error; for callers that want to warn.
+  std::vector<std::string> unexpected;
+};
+
+/// Partial read into a template: reads only the keys present in `template_`, matched by
+/// flattened key path (dict keys and list indexes joined by '.', as for_each_tensor names them;
+/// so {"model": {"w": t}} matches a file entry "model.w" whether or not the file nests it).
+///
+/// For each leaf of the template:
+///  - a tensor with memory (data() != nullptr) must have the file's dtype and shape; the file's
+///    bytes are copied into the tensor's own memory, wherever it lives (private, a shared
+///    segment, a caller's buffer), so its address does not change;
+///  - a tensor without memory (a default-constructed `tensor{}`) is a placeholder: it is
+///    replaced by the file's tensor, whatever its dtype and shape, viewing the file's private
+///    mapping as `read` would;
+///  - a non-tensor value (none, bool, int, float, string) is replaced by the file's non-tensor
+///    value at that path, whatever its kind;
+///  - empty dicts and lists ask for nothing.
+/// Keys the file lacks are reported in read_result::missing (or are an error with `strict`).
+///
+/// Nothing is written into the template until the whole request has been checked: on any
+/// error the template is unchanged. Errors: not_found naming the file when it does not exist,
+/// or (strict) naming the missing keys; invalid_argument naming the key and both values on a
+/// dtype, shape or kind mismatch ("tensor 'model.w': checkpoint has F32 [4, 4], template has
+/// F32 [4, 5]") or when two template leaves flatten to the same key; corrupt_data as for
+/// `read` (the whole header and tree are validated, not only the requested keys); io_error
+/// for OS failures.
+///
+/// Thread safety: safe concurrently with other calls as long as no one else touches the
+/// template's tensors while it runs.
+read_result read_into(const std::filesystem::path& file_or_dir, state_dict& template_,
+                      const read_into_options& options = {});
 
 /// One entry of a checkpoint file's header, for listing without touching tensor bytes.
 struct tensor_entry {
@@ -61,6 +120,20 @@ struct checksum_check {
 /// reports all of them in file order; a mismatch is a result here, not an exception.
 std::vector<checksum_check> check_checksums(const std::filesystem::path& file_or_dir,
                                             int rank = 0);
+
+/// Options of the progress-reporting `check_checksums`.
+struct check_checksums_options {
+  /// Given a directory, check its checkpoint_<rank>.safetensors.
+  int rank = 0;
+  /// When set, called with (bytes hashed so far, total tensor bytes of the file) after every
+  /// tensor and at least every 64 MiB within a large one, from the calling thread; the last
+  /// call has done == total. Exceptions it throws propagate.
+  std::function<void(std::uint64_t done, std::uint64_t total)> progress;
+};
+
+/// `check_checksums` with options (a rank and a progress callback); same checks and errors.
+std::vector<checksum_check> check_checksums(const std::filesystem::path& file_or_dir,
+                                            const check_checksums_options& options);
 
 /// The shmckpt library version, e.g. "0.1.0".
 std::string_view library_version() noexcept;
