@@ -2,14 +2,20 @@
 # demo_test.sh — end-to-end checks of ckpt-demo, registered with CTest in test/CMakeLists.txt.
 #
 # Usage: demo_test.sh <path to ckpt-demo> <mode>
-#   verifies      a tiny run exits 0, leaves DIR/step_<last>, and prints the verification line
+#   verifies      a tiny run exits 0, leaves DIR/step_<last>, prints the verification line, and
+#                 keeps only the newest 3 checkpoints (--keep's default)
 #   child-killed  with --inject-child-kill the run exits non-zero with the library's
 #                 "Child process terminated unexpectedly", and never claims to have verified
+#   resume        60 uninterrupted steps and 30 steps + --resume to 60 end in the same state: the
+#                 same final loss line and the same fingerprint of the whole final state
+#   multi-rank    --ranks 3 exits 0 and the last checkpoint has one file per rank and a manifest
+#                 listing all 3
 # Each run works in its own mktemp directory, so `ctest -j` is safe.
 set -u
 
-demo=${1:?usage: demo_test.sh <ckpt-demo> <verifies|child-killed>}
-mode=${2:?usage: demo_test.sh <ckpt-demo> <verifies|child-killed>}
+usage='usage: demo_test.sh <ckpt-demo> <verifies|child-killed|resume|multi-rank>'
+demo=${1:?$usage}
+mode=${2:?$usage}
 work=$(mktemp -d "${TMPDIR:-/tmp}/ckpt-demo-test.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT
 
@@ -38,6 +44,11 @@ case $mode in
       fail "expected one line for each of the 4 checkpoints"
     [ -f "$work/ckpt/step_40/checkpoint_0.safetensors" ] ||
       fail "missing $work/ckpt/step_40/checkpoint_0.safetensors"
+    [ -f "$work/ckpt/step_40/checkpoint.json" ] || fail "step_40 has no manifest checkpoint.json"
+    # --keep 3 (the default): step_10 was removed once step_40 was durable.
+    kept=$(cd "$work/ckpt" && echo step_*)
+    [ "$kept" = "step_20 step_30 step_40" ] ||
+      fail "expected step_20 step_30 step_40 to be kept, found: $kept"
     ;;
   child-killed)
     # The kill at step 20 is followed by saves at 30 and 40, so the failure surfaces even if the
@@ -49,6 +60,61 @@ case $mode in
     grep -q '^ckpt-demo: .*Child process terminated unexpectedly' "$work/err" ||
       fail "stderr lacks 'ckpt-demo: ... Child process terminated unexpectedly'"
     if grep -q '^verified:' "$work/out"; then fail "claimed to verify after the child died"; fi
+    ;;
+  resume)
+    # A batch of 1024 on the 16384 training samples ends an epoch every 16 steps. The sampler's
+    # RNG has moved on at step 16, so the reshuffles at steps 32 and 48, after resuming at step
+    # 30, match only if its state was restored; the weights, the Adam moments, the step, the
+    # permutation and its cursor are tested along with it.
+    resume_run() {  # resume_run <name of output> <steps> <more flags...>
+      out=$1
+      steps=$2
+      shift 2
+      "$demo" --steps "$steps" --every 10 --mib 2 --hidden 32 --batch 1024 "$@" >"$work/$out.out" 2>&1
+      rc=$?
+      cat "$work/$out.out"
+      [ "$rc" -eq 0 ] || fail "ckpt-demo $* exited with status $rc, expected 0"
+    }
+    resume_run a 60 --dir "$work/a"
+    resume_run b1 30 --dir "$work/b"
+    resume_run b2 60 --dir "$work/b" --resume
+    grep -q "^resumed from $work/b/step_30 .*: step 30, epoch 1" "$work/b2.out" ||
+      fail "the resumed run did not report resuming from $work/b/step_30 at step 30"
+    grep -q '^step  *0/60 ' "$work/b2.out" && fail "the resumed run started again from step 0"
+    loss_a=$(grep '^step  *60/60 ' "$work/a.out")
+    loss_b=$(grep '^step  *60/60 ' "$work/b2.out")
+    [ -n "$loss_a" ] || fail "the uninterrupted run printed no line for step 60"
+    [ "$loss_a" = "$loss_b" ] ||
+      fail "final loss differs: uninterrupted '$loss_a', resumed '$loss_b'"
+    final_a=$(grep '^final state: ' "$work/a.out")
+    final_b=$(grep '^final state: ' "$work/b2.out")
+    case $final_a in
+      *"step 60, epoch 3, "*"fingerprint fnv1a64:"????????????????) ;;
+      *) fail "unexpected final-state line of the uninterrupted run: '$final_a'" ;;
+    esac
+    [ "$final_a" = "$final_b" ] ||
+      fail "final state differs: uninterrupted '$final_a', resumed '$final_b'"
+    ;;
+  multi-rank)
+    "$demo" --dir "$work/ckpt" --ranks 3 --steps 20 --every 10 --mib 1 --deadline 100 \
+      >"$work/out" 2>"$work/err"
+    rc=$?
+    cat "$work/out" "$work/err"
+    [ "$rc" -eq 0 ] || fail "ckpt-demo --ranks 3 exited with status $rc, expected 0"
+    for r in 0 1 2; do
+      grep -q "^rank $r: exit status 0; final state: step 20," "$work/out" ||
+        fail "no successful result line for rank $r"
+      grep -q "^\[rank $r\] verified: step_20 reloads identical" "$work/out" ||
+        fail "rank $r did not verify step_20"
+      [ -f "$work/ckpt/step_20/checkpoint_$r.safetensors" ] ||
+        fail "missing $work/ckpt/step_20/checkpoint_$r.safetensors"
+    done
+    manifest=$work/ckpt/step_20/checkpoint.json
+    [ -f "$manifest" ] || fail "missing $manifest"
+    grep -q '"world_size": *3' "$manifest" || fail "$manifest does not record world_size 3"
+    [ "$(grep -o '"file": *"checkpoint_[0-2].safetensors"' "$manifest" | sort -u | wc -l)" -eq 3 ] ||
+      fail "$manifest does not list checkpoint_0..2.safetensors"
+    grep -q '^ckpt-demo: all 3 ranks succeeded' "$work/out" || fail "no 'all 3 ranks succeeded' line"
     ;;
   *)
     fail "unknown mode '$mode'"

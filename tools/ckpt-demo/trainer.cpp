@@ -76,19 +76,27 @@ shmckpt::tensor linear_init(std::mt19937_64& rng, std::vector<std::int64_t> shap
 
 }  // namespace
 
-trainer::trainer(const trainer_options& options) : options_(options), sampler_(options.seed) {
+trainer::trainer(const trainer_options& options)
+    : options_(options), sampler_(options.seed + static_cast<std::uint64_t>(options.shard)) {
   if (options.input_dim <= 0 || options.hidden <= 0 || options.output_dim <= 0 ||
       options.batch <= 0 || options.samples <= 0)
     throw std::invalid_argument(
         "trainer: input_dim, hidden, output_dim, batch and samples must "
         "be positive");
+  if (options.shard < 0)
+    throw std::invalid_argument("trainer: shard must not be negative, not " +
+                                std::to_string(options.shard));
   const int in = options.input_dim, hid = options.hidden, out = options.output_dim;
 
-  // Separate streams for the problem and the student so --hidden does not change the data.
-  std::mt19937_64 data_rng(options.seed ^ 0x7465616368657221ull);
-  teacher t(data_rng, in, out);
-  make_data(data_rng, t, options.samples, train_x_, train_y_);
-  make_data(data_rng, t, eval_samples, eval_x_, eval_y_);
+  // Separate streams for the problem, the shard's samples and the student, so that --hidden does
+  // not change the data and every shard learns the same teacher and is judged on the same
+  // held-out set.
+  std::mt19937_64 problem_rng(options.seed ^ 0x7465616368657221ull);
+  teacher t(problem_rng, in, out);
+  make_data(problem_rng, t, eval_samples, eval_x_, eval_y_);
+  std::mt19937_64 shard_rng((options.seed + static_cast<std::uint64_t>(options.shard)) ^
+                            0x7368617264732121ull);
+  make_data(shard_rng, t, options.samples, train_x_, train_y_);
 
   std::mt19937_64 init_rng(options.seed ^ 0x73747564656e7421ull);
   auto add = [&](const char* name, std::vector<std::int64_t> shape, int fan_in) {
@@ -112,22 +120,24 @@ trainer::trainer(const trainer_options& options) : options_(options), sampler_(o
     has_padding_ = true;
   }
 
-  order_.resize(static_cast<std::size_t>(options.samples));
-  std::iota(order_.begin(), order_.end(), 0);
-  std::shuffle(order_.begin(), order_.end(), sampler_);
+  order_ = shmckpt::tensor::zeros(shmckpt::dtype::i32, {options.samples});
+  auto order = order_.data_as<std::int32_t>();
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), sampler_);
 }
 
 void trainer::next_batch() {
   const int in = options_.input_dim, out = options_.output_dim;
   batch_x_.resize(std::size_t(options_.batch) * in);
   batch_y_.resize(std::size_t(options_.batch) * out);
+  auto order = order_.data_as<std::int32_t>();
   for (int b = 0; b < options_.batch; ++b) {
-    if (cursor_ == order_.size()) {
-      std::shuffle(order_.begin(), order_.end(), sampler_);
+    if (cursor_ == order.size()) {
+      std::shuffle(order.begin(), order.end(), sampler_);
       cursor_ = 0;
       ++epoch_;
     }
-    auto i = static_cast<std::size_t>(order_[cursor_++]);
+    auto i = static_cast<std::size_t>(order[cursor_++]);
     std::copy_n(&train_x_[i * in], in, &batch_x_[std::size_t(b) * in]);
     std::copy_n(&train_y_[i * out], out, &batch_y_[std::size_t(b) * out]);
   }
@@ -265,9 +275,123 @@ shmckpt::state_dict trainer::state_dict() const {
                                   {"param_groups", shmckpt::list{std::move(group)}}}},
       {"step", step_},
       {"epoch", epoch_},
-      {"rng", rng.str()}};
+      {"rng", rng.str()},
+      {"sampler",
+       shmckpt::dict{{"order", order_}, {"cursor", static_cast<std::int64_t>(cursor_)}}}};
   if (has_padding_) sd.insert_or_assign("padding", padding_);
   return sd;
+}
+
+namespace {
+
+const shmckpt::value& entry(const shmckpt::dict& d, const std::string& path,
+                            const std::string& key) {
+  const auto* v = d.find(key);
+  const auto name = path.empty() ? key : path + "." + key;
+  if (!v) throw std::invalid_argument("state dict lacks '" + name + "'");
+  return *v;
+}
+
+const shmckpt::value& entry_of_kind(const shmckpt::dict& d, const std::string& path,
+                                    const std::string& key, shmckpt::kind k) {
+  const auto& v = entry(d, path, key);
+  if (v.type() != k)
+    throw std::invalid_argument("state dict entry '" + (path.empty() ? key : path + "." + key) +
+                                "' is " + std::string(shmckpt::kind_name(v.type())) +
+                                ", expected " + std::string(shmckpt::kind_name(k)));
+  return v;
+}
+
+// Checks that `src` can replace `dst` and remembers the copy to make (none when they already
+// share memory, as after a template load).
+void plan_copy(const shmckpt::tensor& dst, const shmckpt::value& src_value, const std::string& name,
+               std::vector<std::pair<shmckpt::tensor, shmckpt::tensor>>& copies) {
+  if (src_value.type() != shmckpt::kind::tensor)
+    throw std::invalid_argument("state dict entry '" + name + "' is " +
+                                std::string(shmckpt::kind_name(src_value.type())) +
+                                ", expected tensor");
+  const auto& src = src_value.as_tensor();
+  if (src.type() != dst.type() || src.shape() != dst.shape())
+    throw std::invalid_argument(
+        "tensor '" + name + "': state dict has " + std::string(shmckpt::dtype_name(src.type())) +
+        " " + shmckpt::format_shape(src.shape()) + ", trainer has " +
+        std::string(shmckpt::dtype_name(dst.type())) + " " + shmckpt::format_shape(dst.shape()));
+  if (src.data() != dst.data()) copies.emplace_back(dst, src);
+}
+
+}  // namespace
+
+void trainer::load_state_dict(const shmckpt::state_dict& sd) {
+  using shmckpt::kind;
+  // Check everything first, then change the trainer, so that a bad state dict leaves it intact.
+  std::vector<std::pair<shmckpt::tensor, shmckpt::tensor>> copies;
+  const auto step = entry_of_kind(sd, "", "step", kind::integer).as_int();
+  const auto epoch = entry_of_kind(sd, "", "epoch", kind::integer).as_int();
+  if (step < 0 || epoch < 0)
+    throw std::invalid_argument("state dict has step " + std::to_string(step) + " and epoch " +
+                                std::to_string(epoch) + "; both must be non-negative");
+
+  const auto& model = entry_of_kind(sd, "", "model", kind::dict).as_dict();
+  const auto& optimizer = entry_of_kind(sd, "", "optimizer", kind::dict).as_dict();
+  const auto& state = entry_of_kind(optimizer, "optimizer", "state", kind::dict).as_dict();
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto& p = params_[i];
+    plan_copy(p.value, entry(model, "model", p.name), std::string("model.") + p.name, copies);
+    const auto id = std::to_string(i);
+    const auto path = "optimizer.state." + id;
+    const auto& s = entry_of_kind(state, "optimizer.state", id, kind::dict).as_dict();
+    // Adam's bias correction uses the trainer's step; a per-parameter step that disagrees
+    // means the optimizer state belongs to another point of training.
+    const auto param_step = entry_of_kind(s, path, "step", kind::integer).as_int();
+    if (param_step != step)
+      throw std::invalid_argument("'" + path + ".step' is " + std::to_string(param_step) +
+                                  " but 'step' is " + std::to_string(step));
+    plan_copy(p.exp_avg, entry(s, path, "exp_avg"), path + ".exp_avg", copies);
+    plan_copy(p.exp_avg_sq, entry(s, path, "exp_avg_sq"), path + ".exp_avg_sq", copies);
+  }
+
+  // Like PyTorch's Optimizer.load_state_dict, the learning rate comes from the checkpoint.
+  const auto& groups = entry_of_kind(optimizer, "optimizer", "param_groups", kind::list).as_list();
+  if (groups.size() != 1 || groups[0].type() != kind::dict)
+    throw std::invalid_argument("'optimizer.param_groups' must be a list of one dict");
+  const double lr =
+      entry_of_kind(groups[0].as_dict(), "optimizer.param_groups.0", "lr", kind::real).as_double();
+  if (!(lr > 0.0))
+    throw std::invalid_argument("'optimizer.param_groups.0.lr' is " + std::to_string(lr) +
+                                "; it must be positive");
+
+  std::mt19937_64 sampler;
+  {
+    std::istringstream in(entry_of_kind(sd, "", "rng", kind::string).as_string());
+    in >> sampler;
+    if (!in) throw std::invalid_argument("'rng' does not hold an mt19937_64 state");
+  }
+  const auto& sampler_state = entry_of_kind(sd, "", "sampler", kind::dict).as_dict();
+  plan_copy(order_, entry(sampler_state, "sampler", "order"), "sampler.order", copies);
+  const auto cursor = entry_of_kind(sampler_state, "sampler", "cursor", kind::integer).as_int();
+  if (cursor < 0 || cursor > options_.samples)
+    throw std::invalid_argument("'sampler.cursor' is " + std::to_string(cursor) + ", outside [0, " +
+                                std::to_string(options_.samples) + "]");
+  // The permutation indexes the data set: check it really is one before trusting it.
+  {
+    const auto& order = entry(sampler_state, "sampler", "order").as_tensor();
+    std::vector<bool> seen(static_cast<std::size_t>(options_.samples), false);
+    for (auto i : order.data_as<std::int32_t>()) {
+      if (i < 0 || i >= options_.samples || seen[static_cast<std::size_t>(i)])
+        throw std::invalid_argument("'sampler.order' is not a permutation of 0.." +
+                                    std::to_string(options_.samples - 1) + " (entry " +
+                                    std::to_string(i) + ")");
+      seen[static_cast<std::size_t>(i)] = true;
+    }
+  }
+  if (has_padding_) plan_copy(padding_, entry(sd, "", "padding"), "padding", copies);
+
+  for (auto& [dst, src] : copies) std::copy_n(src.data(), src.nbytes(), dst.data());
+  options_.lr = lr;
+  step_ = step;
+  epoch_ = epoch;
+  sampler_ = sampler;
+  cursor_ = static_cast<std::size_t>(cursor);
 }
 
 std::uint64_t trainer::model_and_optimizer_bytes(const trainer_options& o) {

@@ -3,22 +3,33 @@
 // A two-layer perceptron (tanh hidden layer, linear output) learns to imitate a fixed, randomly
 // drawn "teacher" network of the same shape family on synthetic inputs: mean-squared-error
 // regression trained by hand-written backpropagation and the Adam optimizer. Everything is
-// deterministic for a given seed (std::mt19937_64).
+// deterministic for a given seed and shard (std::mt19937_64).
 //
-// Ownership. The parameters, the optimizer moments and the optional padding are shmckpt tensors
-// with private memory owned by the trainer. `state_dict()` returns a tree of *views* of them (a
-// tensor copy shares its bytes), laid out like a PyTorch checkpoint:
+// Data parallelism, as a toy: every replica (rank) draws the same teacher, the same held-out set
+// and the same initial weights from `seed`, but its own training samples and batch order from
+// `seed + shard`. Replicas do not exchange gradients, so they drift apart; what matters for the
+// demo is that each rank holds a full model of its own and checkpoints it.
+//
+// Ownership. The parameters, the optimizer moments, the sampler's permutation and the optional
+// padding are shmckpt tensors with private memory owned by the trainer. `state_dict()` returns a
+// tree of *views* of them (a tensor copy shares its bytes), laid out like a PyTorch checkpoint:
 //
 //   model.{fc1,fc2}.{weight,bias}                      F32
 //   optimizer.state.<i>.{step, exp_avg, exp_avg_sq}    per parameter i, in model order
 //   optimizer.param_groups[0].{lr, betas, eps, weight_decay, params}
-//   step, epoch, rng (the sampler's mt19937_64 state as text), padding (F32, when asked for)
+//   step, epoch
+//   rng                                                the sampler's mt19937_64 state as text
+//   sampler.{order, cursor}                            this epoch's permutation (I32) and position
+//   padding                                            F32, when asked for
+//
+// Everything that decides the next step is in there, so a trainer restored from a checkpoint of
+// step N continues bit-for-bit as the trainer that wrote it would have.
 //
 // The padding stands in for the bulk of a large model so the checkpoint has a realistic size;
 // training touches one of its elements per step so consecutive checkpoints really differ.
 //
 // Thread safety: none; one thread drives a trainer. The views returned by state_dict() change
-// with the next train_step().
+// with the next train_step() and with load_state_dict().
 #pragma once
 
 #include <cstddef>
@@ -43,8 +54,11 @@ struct trainer_options {
   int samples = 16384;
   /// Adam learning rate.
   double lr = 1e-2;
-  /// Seeds the teacher, the data, the student's initialisation and the batch sampler.
+  /// Seeds the teacher, the held-out set and the student's initialisation; `seed + shard` seeds
+  /// the training samples and the batch sampler.
   std::uint64_t seed = 42;
+  /// This replica's data shard (its rank in a data-parallel job).
+  int shard = 0;
   /// Bytes of F32 padding to add to the state dict (rounded down to whole floats).
   std::uint64_t padding_bytes = 0;
 };
@@ -64,6 +78,15 @@ class trainer {
   /// Views of the whole training state (see the file comment).
   shmckpt::state_dict state_dict() const;
 
+  /// Restores the whole training state from `sd`, laid out as state_dict() lays it out (for
+  /// instance the state of a checkpoint read with state_dict() as the template, whose tensors
+  /// then already are this trainer's and are not copied again). Throws std::invalid_argument
+  /// naming the key for a missing entry, a wrong kind, dtype or shape, or a value out of range
+  /// (the sampler's permutation is checked, since it indexes the data set); the trainer is
+  /// unchanged then unless `sd` shared its tensors. As PyTorch's optimizers do, it also takes the
+  /// learning rate from `sd`.
+  void load_state_dict(const shmckpt::state_dict& sd);
+
   /// Bytes of the state dict's tensors other than padding (parameters and both Adam moments)
   /// for a trainer built with `options`; used to size the padding.
   static std::uint64_t model_and_optimizer_bytes(const trainer_options& options);
@@ -72,6 +95,8 @@ class trainer {
   std::int64_t step() const noexcept { return step_; }
   /// Completed passes over the training set.
   std::int64_t epoch() const noexcept { return epoch_; }
+  /// The Adam learning rate in use (the option, or the checkpoint's after load_state_dict).
+  double lr() const noexcept { return options_.lr; }
 
  private:
   struct param {
@@ -90,7 +115,7 @@ class trainer {
   trainer_options options_;
   std::mt19937_64 sampler_;
   std::vector<float> train_x_, train_y_, eval_x_, eval_y_;
-  std::vector<int> order_;  // the current epoch's sample permutation
+  shmckpt::tensor order_;   // I32 [samples]: the current epoch's sample permutation
   std::size_t cursor_ = 0;  // next position in order_
   std::vector<float> batch_x_, batch_y_, hidden_, out_, d_out_, d_hidden_;
   std::vector<param> params_;  // fc1.weight, fc1.bias, fc2.weight, fc2.bias
