@@ -175,6 +175,7 @@ struct job {
   proto_type type = proto_type::write_checkpoint;
   std::promise<void> done;
   std::optional<std::shared_future<state_dict>> pending;  // not yet produced
+  bool encode_on_submit = false;  // `prepared` is final; the submit thread encodes it
   state_dict prepared;  // all tensors in the segment; keeps copies alive until the response
   std::filesystem::path path;
   kwargs kw;
@@ -586,6 +587,11 @@ struct checkpoint_process::impl {
         }
         prepare(*j, j->pending->get());
         j->pending.reset();
+      } else if (j->encode_on_submit) {
+        j->frame = protocol::make_frame(
+            proto_type::write_checkpoint, j->id,
+            protocol::encode_write(j->path.string(), j->prepared, j->kw,
+                                   [this](const tensor& t) { return seg.offset_of(t.data()); }));
       }
       std::lock_guard g(m);
       if (auto e = dead ? dead : init_error) std::rethrow_exception(e);
@@ -604,6 +610,25 @@ struct checkpoint_process::impl {
         proto_type::write_checkpoint, j.id,
         protocol::encode_write(j.path.string(), j.prepared, j.kw,
                                [this](const tensor& t) { return seg.offset_of(t.data()); }));
+  }
+
+  // Whether every tensor in the tree already lies in the segment (no allocation: this runs in
+  // the caller of write()).
+  bool all_shared(const value& v) const {
+    switch (v.type()) {
+      case kind::tensor: return seg.contains(v.as_tensor().data(), v.as_tensor().nbytes());
+      case kind::dict: return all_shared(v.as_dict());
+      case kind::list:
+        for (const auto& e : v.as_list())
+          if (!all_shared(e)) return false;
+        return true;
+      default: return true;
+    }
+  }
+  bool all_shared(const dict& d) const {
+    for (const auto& [k, v] : d)
+      if (!all_shared(v)) return false;
+    return true;
   }
 
   value share(const value& v) {
@@ -662,7 +687,7 @@ struct checkpoint_process::impl {
     // Encode before taking the lock (it can take milliseconds for large trees); the request id
     // is patched into the header once assigned, in queue order.
     try {
-      if (!j->pending)
+      if (!j->pending && !j->encode_on_submit)
         j->frame = protocol::make_frame(
             j->type, 0,
             j->type == proto_type::write_checkpoint
@@ -686,7 +711,7 @@ struct checkpoint_process::impl {
       return f;
     }
     j->id = next_id++;
-    if (!j->pending) set_frame_id(j->frame, j->id);
+    if (!j->pending && !j->encode_on_submit) set_frame_id(j->frame, j->id);
     queue.push_back(std::move(j));
     cv.notify_all();
     return f;
@@ -797,7 +822,14 @@ std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path
   j->path = std::move(path);
   j->kw = std::move(kw);
   try {
-    j->prepared = impl_->share(sd);  // the copy of private tensors happens here, in the caller
+    if (impl_->all_shared(sd)) {
+      // Zero-copy hand-off: nothing to copy, so the tree moves into the job and is encoded on
+      // the submit thread; the caller returns in microseconds whatever the tensor count.
+      j->prepared = std::move(sd);
+      j->encode_on_submit = true;
+    } else {
+      j->prepared = impl_->share(sd);  // the copy of private tensors happens here, in the caller
+    }
   } catch (...) {
     j->done.set_exception(std::current_exception());
     return j->done.get_future();
