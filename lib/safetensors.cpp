@@ -16,9 +16,11 @@
 // order.
 //
 // Reading treats the header as hostile. Boost.JSON keeps only the last of duplicate object keys,
-// which would let a file smuggle a second definition of a tensor past validation, so every JSON
-// document goes through a first, allocation-light pass (a basic_parser handler) that rejects
-// duplicate keys before the DOM is built.
+// which would let a file smuggle a second definition of a tensor past validation, so duplicate
+// keys are looked for in every object. The header and the checksum table are first read in one
+// SAX pass that builds the entries directly ("fast paths"); anything unexpected sends the text
+// to the exact path (a duplicate-key pass, then a DOM in an arena) that names the error. The tree
+// document is parsed into an arena-backed DOM in one pass that hashes keys as it goes.
 #include "safetensors.hpp"
 
 #include <algorithm>
@@ -29,8 +31,12 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <xxhash.h>
+
 #include <boost/json/basic_parser_impl.hpp>
+#include <boost/json/monotonic_resource.hpp>
 #include <boost/json/parse.hpp>
+#include <boost/json/value_stack.hpp>
 
 #include "shmckpt/error.hpp"
 
@@ -74,6 +80,18 @@ std::size_t utf8_sequence_length(std::string_view s, std::size_t i) noexcept {
 // Position of the first byte that does not start a well-formed UTF-8 sequence, or npos.
 std::size_t first_invalid_utf8(std::string_view s) noexcept {
   for (std::size_t i = 0; i < s.size();) {
+    // Headers are almost all ASCII: skip eight such bytes at a time.
+    while (s.size() - i >= 8) {
+      std::uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      if (w & 0x8080808080808080u) break;
+      i += 8;
+    }
+    if (i == s.size()) break;
+    if (static_cast<unsigned char>(s[i]) < 0x80) {
+      ++i;
+      continue;
+    }
     std::size_t n = utf8_sequence_length(s, i);
     if (n == 0) return i;
     i += n;
@@ -359,7 +377,132 @@ class duplicate_key_finder {
   std::optional<std::string> duplicate_;
 };
 
-json::value parse_strict(std::string_view text, std::size_t max_depth, const std::string& what) {
+// Whether two of the n key hashes at k are equal: pairwise for a few, else an open-addressing
+// table (0 marks a free slot, so a hash of 0 is stored as 1: more collisions, never a missed
+// repeat). Equal hashes mean a duplicate key or, rarely, a collision; callers then take the
+// slow, exact path.
+bool has_repeat(const std::uint64_t* k, std::size_t n, std::vector<std::uint64_t>& table) {
+  if (n <= 16) {
+    for (std::size_t i = 1; i < n; ++i)
+      for (std::size_t j = 0; j < i; ++j)
+        if (k[i] == k[j]) return true;
+    return false;
+  }
+  std::size_t size = std::bit_ceil(2 * n);
+  table.assign(size, 0);
+  std::size_t mask = size - 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint64_t h = k[i] ? k[i] : 1;
+    for (std::size_t at = static_cast<std::size_t>(h) & mask;; at = (at + 1) & mask) {
+      if (table[at] == 0) {
+        table[at] = h;
+        break;
+      }
+      if (table[at] == h) return true;
+    }
+  }
+  return false;
+}
+
+// A basic_parser handler that builds the DOM exactly as boost::json::parser does (same limits,
+// same value_stack) and, on the side, keeps a 64-bit hash of every key of every open object. An
+// object in which two keys hash alike is flagged and the parse stops: that is a duplicate key
+// or, very rarely, a hash collision, and parse_strict then redoes the document the slow, exact
+// way. This is one pass over the text with no allocation per key.
+class checked_builder {
+ public:
+  static constexpr std::size_t max_object_size = json::object::max_size();
+  static constexpr std::size_t max_array_size = json::array::max_size();
+  static constexpr std::size_t max_key_size = json::string::max_size();
+  static constexpr std::size_t max_string_size = json::string::max_size();
+
+  checked_builder(unsigned char* temp, std::size_t temp_size) : st(json::storage_ptr(), temp, temp_size) {}
+
+  json::value_stack st;
+  bool repeated_key = false;
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_array_begin(json::error_code&) { return true; }
+  bool on_array_end(std::size_t n, json::error_code&) {
+    st.push_array(n);
+    return true;
+  }
+  bool on_object_begin(json::error_code&) {
+    starts_.push_back(keys_.size());
+    return true;
+  }
+  bool on_object_end(std::size_t n, json::error_code& ec) {
+    std::size_t start = starts_.back();
+    starts_.pop_back();
+    if (has_repeat(keys_.data() + start, keys_.size() - start, table_)) {
+      repeated_key = true;
+      ec = make_error_code(json::error::syntax);
+      return false;
+    }
+    keys_.resize(start);
+    st.push_object(n);
+    return true;
+  }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    st.push_chars(s);
+    part_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, json::error_code&) {
+    if (part_.empty()) {
+      keys_.push_back(XXH3_64bits(s.data(), s.size()));
+    } else {
+      part_.append(s.data(), s.size());
+      keys_.push_back(XXH3_64bits(part_.data(), part_.size()));
+      part_.clear();
+    }
+    st.push_key(s);
+    return true;
+  }
+  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    st.push_chars(s);
+    return true;
+  }
+  bool on_string(json::string_view s, std::size_t, json::error_code&) {
+    st.push_string(s);
+    return true;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(std::int64_t i, json::string_view, json::error_code&) {
+    st.push_int64(i);
+    return true;
+  }
+  bool on_uint64(std::uint64_t u, json::string_view, json::error_code&) {
+    st.push_uint64(u);
+    return true;
+  }
+  bool on_double(double d, json::string_view, json::error_code&) {
+    st.push_double(d);
+    return true;
+  }
+  bool on_bool(bool b, json::error_code&) {
+    st.push_bool(b);
+    return true;
+  }
+  bool on_null(json::error_code&) {
+    st.push_null();
+    return true;
+  }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+ private:
+  std::vector<std::uint64_t> keys_;    // hashes of the keys of every open object, in order
+  std::vector<std::size_t> starts_;    // where each open object's keys begin in keys_
+  std::vector<std::uint64_t> table_;   // scratch for has_repeat
+  std::string part_;                   // a key that arrives in pieces
+};
+
+// Parses `text` into a value whose memory comes from `sp`, rejecting duplicate keys, invalid
+// UTF-8, nesting deeper than `max_depth` and trailing data; errors start with `what`.
+json::value parse_strict(std::string_view text, std::size_t max_depth, const std::string& what,
+                         json::storage_ptr sp) {
   // Boost.JSON rejects bad UTF-8 too, but only as "syntax error"; say what is wrong.
   if (std::size_t bad = first_invalid_utf8(text); bad != std::string_view::npos)
     throw_error(errc::corrupt_data,
@@ -368,6 +511,16 @@ json::value parse_strict(std::string_view text, std::size_t max_depth, const std
   json::parse_options opts;
   opts.max_depth = max_depth;
   json::error_code ec;
+  {
+    // The fast path: one pass that builds the value and checks keys by hash.
+    unsigned char temp[4096];
+    json::basic_parser<checked_builder> p(opts, temp, sizeof temp);
+    p.handler().st.reset(sp);
+    std::size_t n = p.write_some(false, text.data(), text.size(), ec);
+    if (!ec && n == text.size() && !p.handler().repeated_key) return p.handler().st.release();
+  }
+  // Something is wrong (or two keys only share a hash): find out exactly what, the slow way.
+  ec = {};
   {
     json::basic_parser<duplicate_key_finder> finder(opts);
     std::size_t n = finder.write_some(false, text.data(), text.size(), ec);
@@ -380,7 +533,7 @@ json::value parse_strict(std::string_view text, std::size_t max_depth, const std
       throw_error(errc::corrupt_data, what + " is not valid JSON: extra data at byte " +
                                           std::to_string(n));
   }
-  json::value v = json::parse(json::string_view(text.data(), text.size()), ec, {}, opts);
+  json::value v = json::parse(json::string_view(text.data(), text.size()), ec, std::move(sp), opts);
   if (ec) throw_error(errc::corrupt_data, what + " is not valid JSON: " + ec.message());
   return v;
 }
@@ -389,27 +542,271 @@ json::value parse_strict(std::string_view text, std::size_t max_depth, const std
 
 std::string kind_of(const json::value& v) { return std::string(json_kind_name(v.kind())); }
 
-// A non-negative integer that fits in 63 bits (dimensions) or 64 bits (offsets).
-std::uint64_t unsigned_field(const json::value& v, bool allow_above_int64,
-                             const std::string& what) {
+// ---- fast paths -------------------------------------------------------------------------------
+//
+// The files our writer produces (and any well-formed file) are read in one SAX pass that builds
+// the result directly, without a DOM. These readers accept only what the DOM-based validation
+// below accepts, and give up (return false) at the first thing they do not expect: a syntax
+// error, a repeated key hash, a wrong type, an unknown field, a failed check. The caller then
+// runs the DOM-based path on the same text, which finds and reports the exact error, so every
+// error message and its precedence stay those of the DOM path.
+
+// Shared plumbing: give-up, and strings that may arrive in pieces.
+class sax_base {
+ public:
+  static constexpr std::size_t max_object_size = json::object::max_size();
+  static constexpr std::size_t max_array_size = json::array::max_size();
+  static constexpr std::size_t max_key_size = json::string::max_size();
+  static constexpr std::size_t max_string_size = json::string::max_size();
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    part_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    part_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_double(double, json::string_view, json::error_code& ec) { return give_up(ec); }
+  bool on_bool(bool, json::error_code& ec) { return give_up(ec); }
+  bool on_null(json::error_code& ec) { return give_up(ec); }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+ protected:
+  static bool give_up(json::error_code& ec) {
+    ec = make_error_code(json::error::syntax);
+    return false;
+  }
+  // The whole string or key, given its last piece; valid until the next call.
+  std::string_view whole(json::string_view last) {
+    if (part_.empty()) return {last.data(), last.size()};
+    part_.append(last.data(), last.size());
+    return part_;
+  }
+  void done_with_whole() { part_.clear(); }
+
+  std::string part_;
+};
+
+// The header: {"__metadata__": {string: string, ...}, name: {"dtype", "shape", "data_offsets"}}.
+class header_reader : public sax_base {
+ public:
+  std::vector<tensor_entry> entries;
+  std::vector<std::pair<std::string, std::string>> metadata;
+
+  bool on_object_begin(json::error_code& ec) {
+    if (level_ == 0) {
+      level_ = 1;
+      return true;
+    }
+    if (level_ != 1) return give_up(ec);
+    level_ = 2;
+    in_metadata_ = key_ == "__metadata__";
+    meta_start_ = metadata.size();
+    seen_ = 0;
+    offsets_n_ = 0;
+    entry_ = {};
+    return true;
+  }
+  bool on_object_end(std::size_t, json::error_code& ec) {
+    if (level_ == 1) {
+      level_ = 0;
+      return !has_repeat(root_keys_.data(), root_keys_.size(), table_) || give_up(ec);
+    }
+    level_ = 1;
+    if (in_metadata_) {
+      std::vector<std::uint64_t> keys;
+      keys.reserve(metadata.size() - meta_start_);
+      for (std::size_t i = meta_start_; i < metadata.size(); ++i)
+        keys.push_back(XXH3_64bits(metadata[i].first.data(), metadata[i].first.size()));
+      return !has_repeat(keys.data(), keys.size(), table_) || give_up(ec);
+    }
+    if (seen_ != 7 || offsets_n_ != 2 || end_ < begin_) return give_up(ec);
+    auto need = tensor_nbytes(entry_.type, entry_.shape);
+    if (!need || end_ - begin_ != *need) return give_up(ec);
+    entry_.name = std::move(key_);
+    entry_.offset = begin_;
+    entry_.nbytes = *need;
+    entries.push_back(std::move(entry_));
+    return true;
+  }
+  bool on_array_begin(json::error_code& ec) {
+    if (level_ != 2 || in_metadata_ || (field_ != shape && field_ != offsets)) return give_up(ec);
+    level_ = 3;
+    offsets_n_ = field_ == offsets ? 0 : offsets_n_;
+    return true;
+  }
+  bool on_array_end(std::size_t, json::error_code&) {
+    level_ = 2;
+    return true;
+  }
+  bool on_key(json::string_view last, std::size_t, json::error_code& ec) {
+    std::string_view k = whole(last);
+    if (level_ == 1) {
+      root_keys_.push_back(XXH3_64bits(k.data(), k.size()));
+      key_.assign(k);
+    } else if (in_metadata_) {
+      key_.assign(k);
+    } else {
+      unsigned bit = k == "dtype"          ? unsigned{dtype}
+                     : k == "shape"        ? unsigned{shape}
+                     : k == "data_offsets" ? unsigned{offsets}
+                                           : 0u;
+      if (bit == 0 || (seen_ & bit)) return give_up(ec);
+      seen_ |= bit;
+      field_ = bit;
+    }
+    done_with_whole();
+    return true;
+  }
+  bool on_string(json::string_view last, std::size_t, json::error_code& ec) {
+    if (level_ != 2) return give_up(ec);
+    if (in_metadata_) {
+      if (part_.empty()) {
+        metadata.emplace_back(key_, std::string(last.data(), last.size()));
+      } else {  // a long value (the tree) arrives in pieces: keep the buffer it was put in
+        part_.append(last.data(), last.size());
+        metadata.emplace_back(key_, std::move(part_));
+        part_.clear();
+      }
+      return true;
+    }
+    if (field_ != dtype) return give_up(ec);
+    auto t = dtype_from_name(whole(last));
+    done_with_whole();
+    if (!t) return give_up(ec);
+    entry_.type = *t;
+    return true;
+  }
+  bool on_int64(std::int64_t i, json::string_view, json::error_code& ec) {
+    if (level_ != 3 || i < 0) return give_up(ec);
+    return add_number(static_cast<std::uint64_t>(i), ec);
+  }
+  bool on_uint64(std::uint64_t u, json::string_view, json::error_code& ec) {
+    if (level_ != 3 || field_ != offsets) return give_up(ec);  // too large for a dimension
+    return add_number(u, ec);
+  }
+
+ private:
+  enum : unsigned { dtype = 1, shape = 2, offsets = 4 };
+
+  bool add_number(std::uint64_t v, json::error_code& ec) {
+    if (field_ == shape) {
+      if (entry_.shape.size() == max_tensor_rank) return give_up(ec);
+      entry_.shape.push_back(static_cast<std::int64_t>(v));
+      return true;
+    }
+    if (offsets_n_ == 2) return give_up(ec);
+    (offsets_n_++ == 0 ? begin_ : end_) = v;
+    return true;
+  }
+
+  int level_ = 0;  // 1: in the root object, 2: in an entry or __metadata__, 3: in an array
+  bool in_metadata_ = false;
+  std::size_t meta_start_ = 0;
+  std::string key_;  // the current root key (the entry's name), or metadata key
+  unsigned seen_ = 0, field_ = 0;
+  tensor_entry entry_;
+  std::size_t offsets_n_ = 0;
+  std::uint64_t begin_ = 0, end_ = 0;
+  std::vector<std::uint64_t> root_keys_, table_;
+};
+
+// "shmckpt.checksums" in the order our writer records it: {entries[i].name: "<16 hex>"} for
+// every i, in entry order. Anything else (another order too) goes to the exact path.
+class checksums_reader : public sax_base {
+ public:
+  explicit checksums_reader(const std::vector<tensor_entry>& entries) : entries_(entries) {
+    sums.reserve(entries.size());
+  }
+
+  std::vector<std::uint64_t> sums;
+
+  bool on_object_begin(json::error_code& ec) { return level_++ == 0 || give_up(ec); }
+  bool on_object_end(std::size_t, json::error_code& ec) {
+    --level_;
+    return sums.size() == entries_.size() || give_up(ec);
+  }
+  bool on_array_begin(json::error_code& ec) { return give_up(ec); }
+  bool on_array_end(std::size_t, json::error_code& ec) { return give_up(ec); }
+  bool on_key(json::string_view last, std::size_t, json::error_code& ec) {
+    std::string_view k = whole(last);
+    bool ok = sums.size() < entries_.size() && entries_[sums.size()].name == k;
+    done_with_whole();
+    return ok || give_up(ec);
+  }
+  bool on_string(json::string_view last, std::size_t, json::error_code& ec) {
+    auto v = parse_hex64(whole(last));
+    done_with_whole();
+    if (level_ != 1 || !v) return give_up(ec);
+    sums.push_back(*v);
+    return true;
+  }
+  bool on_int64(std::int64_t, json::string_view, json::error_code& ec) { return give_up(ec); }
+  bool on_uint64(std::uint64_t, json::string_view, json::error_code& ec) { return give_up(ec); }
+
+ private:
+  const std::vector<tensor_entry>& entries_;
+  int level_ = 0;
+};
+
+json::parse_options depth_limit(std::size_t max_depth) {
+  json::parse_options opts;
+  opts.max_depth = max_depth;
+  return opts;
+}
+
+// A Handler run over all of `text`: ok is false when it gave up or the text is not one JSON
+// document of at most `max_depth` levels in valid UTF-8.
+template <class Handler>
+struct sax_pass {
+  template <class... Args>
+  sax_pass(std::string_view text, std::size_t max_depth, Args&&... args)
+      : parser(depth_limit(max_depth), std::forward<Args>(args)...) {
+    if (first_invalid_utf8(text) != std::string_view::npos) return;
+    json::error_code ec;
+    std::size_t n = parser.write_some(false, text.data(), text.size(), ec);
+    ok = !ec && n == text.size();
+  }
+  Handler& handler() { return parser.handler(); }
+
+  json::basic_parser<Handler> parser;
+  bool ok = false;
+};
+
+// "<label>: tensor '<name>'", built only when an error is about to be thrown.
+struct entry_context {
+  const std::string& label;
+  std::string_view name;
+  std::string operator()() const { return label + ": tensor " + quote_name(name); }
+};
+
+// A non-negative integer that fits in 63 bits (dimensions) or 64 bits (offsets). `what()` names
+// the field; it is called only on failure.
+template <class What>
+std::uint64_t unsigned_field(const json::value& v, bool allow_above_int64, const What& what) {
   if (v.is_int64()) {
-    if (v.get_int64() < 0)
-      throw_error(errc::corrupt_data, what + " is " + std::to_string(v.get_int64()) +
+    if (v.get_int64() < 0) [[unlikely]]
+      throw_error(errc::corrupt_data, what() + " is " + std::to_string(v.get_int64()) +
                                           ", which is negative");
     return static_cast<std::uint64_t>(v.get_int64());
   }
   if (v.is_uint64()) {
-    if (!allow_above_int64)
-      throw_error(errc::corrupt_data, what + " is " + std::to_string(v.get_uint64()) +
+    if (!allow_above_int64) [[unlikely]]
+      throw_error(errc::corrupt_data, what() + " is " + std::to_string(v.get_uint64()) +
                                           ", larger than any tensor dimension can be");
     return v.get_uint64();
   }
-  throw_error(errc::corrupt_data, what + " is a JSON " + kind_of(v) + ", not an integer");
+  throw_error(errc::corrupt_data, what() + " is a JSON " + kind_of(v) + ", not an integer");
 }
 
-tensor_entry parse_entry(const std::string& name, const json::value& v, const std::string& ctx) {
+tensor_entry parse_entry(std::string_view name, const json::value& v, const entry_context& ctx) {
   if (!v.is_object())
-    throw_error(errc::corrupt_data, ctx + ": entry is a JSON " + kind_of(v) + ", not an object");
+    throw_error(errc::corrupt_data, ctx() + ": entry is a JSON " + kind_of(v) + ", not an object");
   const json::object& o = v.get_object();
   const json::value* type = nullptr;
   const json::value* shape = nullptr;
@@ -419,60 +816,64 @@ tensor_entry parse_entry(const std::string& name, const json::value& v, const st
     if (k == "dtype") type = &kv.value();
     else if (k == "shape") shape = &kv.value();
     else if (k == "data_offsets") offsets = &kv.value();
-    else throw_error(errc::corrupt_data, ctx + ": unknown field " + quote_name(k));
+    else throw_error(errc::corrupt_data, ctx() + ": unknown field " + quote_name(k));
   }
   for (auto [field, p] : {std::pair{"dtype", type}, {"shape", shape}, {"data_offsets", offsets}})
-    if (!p) throw_error(errc::corrupt_data, ctx + ": missing field '" + field + "'");
+    if (!p) throw_error(errc::corrupt_data, ctx() + ": missing field '" + field + "'");
 
   tensor_entry e;
-  e.name = name;
   if (!type->is_string())
-    throw_error(errc::corrupt_data, ctx + ": dtype is a JSON " + kind_of(*type) + ", not a string");
+    throw_error(errc::corrupt_data,
+                ctx() + ": dtype is a JSON " + kind_of(*type) + ", not a string");
   std::string_view tname(type->get_string().data(), type->get_string().size());
   auto t = dtype_from_name(tname);
-  if (!t) throw_error(errc::corrupt_data, ctx + ": unknown dtype " + quote_name(tname));
+  if (!t) throw_error(errc::corrupt_data, ctx() + ": unknown dtype " + quote_name(tname));
   e.type = *t;
 
   if (!shape->is_array())
     throw_error(errc::corrupt_data,
-                ctx + ": shape is a JSON " + kind_of(*shape) + ", not an array");
+                ctx() + ": shape is a JSON " + kind_of(*shape) + ", not an array");
   const json::array& dims = shape->get_array();
   if (dims.size() > max_tensor_rank)
-    throw_error(errc::corrupt_data, ctx + ": shape has " + std::to_string(dims.size()) +
+    throw_error(errc::corrupt_data, ctx() + ": shape has " + std::to_string(dims.size()) +
                                         " dimensions, more than the limit of " +
                                         std::to_string(max_tensor_rank));
   e.shape.reserve(dims.size());
   for (std::size_t i = 0; i < dims.size(); ++i)
-    e.shape.push_back(static_cast<std::int64_t>(
-        unsigned_field(dims[i], false, ctx + ": shape dimension " + std::to_string(i))));
+    e.shape.push_back(static_cast<std::int64_t>(unsigned_field(
+        dims[i], false, [&] { return ctx() + ": shape dimension " + std::to_string(i); })));
 
   if (!offsets->is_array() || offsets->get_array().size() != 2)
     throw_error(errc::corrupt_data,
-                ctx + ": data_offsets must be an array of two integers, not a JSON " +
+                ctx() + ": data_offsets must be an array of two integers, not a JSON " +
                     (offsets->is_array() ? "array of " +
                                                std::to_string(offsets->get_array().size()) +
                                                " elements"
                                          : kind_of(*offsets)));
-  std::uint64_t begin = unsigned_field(offsets->get_array()[0], true, ctx + ": data_offsets[0]");
-  std::uint64_t end = unsigned_field(offsets->get_array()[1], true, ctx + ": data_offsets[1]");
-  std::string range = "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
+  std::uint64_t begin = unsigned_field(offsets->get_array()[0], true,
+                                       [&] { return ctx() + ": data_offsets[0]"; });
+  std::uint64_t end = unsigned_field(offsets->get_array()[1], true,
+                                     [&] { return ctx() + ": data_offsets[1]"; });
+  auto range = [&] { return "[" + std::to_string(begin) + ", " + std::to_string(end) + "]"; };
   if (end < begin)
-    throw_error(errc::corrupt_data, ctx + ": data_offsets " + range + " end before they begin");
+    throw_error(errc::corrupt_data, ctx() + ": data_offsets " + range() + " end before they begin");
 
   auto need = tensor_nbytes(e.type, e.shape);
-  std::string what = "dtype " + std::string(dtype_name(e.type)) + " × shape " +
-                     shape_string(e.shape);
+  auto what = [&] {
+    return "dtype " + std::string(dtype_name(e.type)) + " × shape " + shape_string(e.shape);
+  };
   if (!need) {
     bool whole = dtype_bits(e.type) % 8 == 0;
     throw_error(errc::corrupt_data,
-                ctx + ": " + what +
+                ctx() + ": " + what() +
                     (whole ? " needs more than 2^64 bytes"
                            : " is not a whole number of bytes (or needs more than 2^64)"));
   }
   if (end - begin != *need)
-    throw_error(errc::corrupt_data, ctx + ": data_offsets " + range + " say " +
-                                        std::to_string(end - begin) + " bytes, " + what +
+    throw_error(errc::corrupt_data, ctx() + ": data_offsets " + range() + " say " +
+                                        std::to_string(end - begin) + " bytes, " + what() +
                                         " needs " + std::to_string(*need));
+  e.name = name;
   e.offset = begin;
   e.nbytes = *need;
   return e;
@@ -481,26 +882,31 @@ tensor_entry parse_entry(const std::string& name, const json::value& v, const st
 void check_layout(std::vector<tensor_entry>& entries, std::uint64_t data_size,
                   const std::string& label) {
   // Ties (empty tensors sharing an offset) sort by end, then name, so the order is canonical.
-  std::sort(entries.begin(), entries.end(), [](const tensor_entry& a, const tensor_entry& b) {
+  auto before = [](const tensor_entry& a, const tensor_entry& b) {
     if (a.offset != b.offset) return a.offset < b.offset;
     if (a.nbytes != b.nbytes) return a.nbytes < b.nbytes;
     return a.name < b.name;
-  });
+  };
+  // Files from our writer list their entries in offset order already.
+  if (!std::is_sorted(entries.begin(), entries.end(), before))
+    std::sort(entries.begin(), entries.end(), before);
   std::uint64_t expected = 0;
   const tensor_entry* previous = nullptr;
   for (const auto& e : entries) {
-    std::string ctx = label + ": tensor " + quote_name(e.name) + ": data_offsets [" +
-                      std::to_string(e.offset) + ", " + std::to_string(e.offset + e.nbytes) + "]";
+    auto ctx = [&] {
+      return label + ": tensor " + quote_name(e.name) + ": data_offsets [" +
+             std::to_string(e.offset) + ", " + std::to_string(e.offset + e.nbytes) + "]";
+    };
     if (e.offset > data_size || e.nbytes > data_size - e.offset)
-      throw_error(errc::corrupt_data, ctx + " pass the end of the data section (" +
+      throw_error(errc::corrupt_data, ctx() + " pass the end of the data section (" +
                                           std::to_string(data_size) + " bytes)");
     if (e.offset > expected)
-      throw_error(errc::corrupt_data, ctx + " leave a hole of " +
+      throw_error(errc::corrupt_data, ctx() + " leave a hole of " +
                                           std::to_string(e.offset - expected) +
                                           " bytes after offset " + std::to_string(expected) +
                                           "; the data section must be contiguous");
     if (e.offset < expected)
-      throw_error(errc::corrupt_data, ctx + " overlap tensor " + quote_name(previous->name) +
+      throw_error(errc::corrupt_data, ctx() + " overlap tensor " + quote_name(previous->name) +
                                           ", which ends at " + std::to_string(expected));
     expected = e.offset + e.nbytes;
     previous = &e;
@@ -519,13 +925,11 @@ class tree_decoder {
   tree_decoder(const parsed_header& h, const std::function<value(std::size_t)>& make_tensor,
                const std::string& label)
       : h_(h), make_tensor_(make_tensor), ctx_(label + ": __metadata__ 'shmckpt.tree'"),
-        used_(h.entries.size(), false) {
-    for (std::size_t i = 0; i < h.entries.size(); ++i) index_.emplace(h.entries[i].name, i);
-  }
+        used_(h.entries.size(), false) {}
 
   state_dict decode_root() {
     std::string path;
-    const json::value* payload = tagged(h_.tree, "dict");
+    const json::value* payload = tagged(h_.tree->root, "dict");
     if (!payload) fail(path, "not a {\"dict\": ...} node");
     state_dict root = decode_dict(*payload, path, 1);
     for (std::size_t i = 0; i < used_.size(); ++i)
@@ -570,7 +974,7 @@ class tree_decoder {
       if (!item.is_array() || item.get_array().size() != 2)
         fail(path, "dict item is not a [key, value] pair");
       std::string key = decode_string(item.get_array()[0], path, "dict key");
-      if (d.contains(key)) fail(path, "dict has the key " + quote_name(key) + " twice");
+      if (contains(d, key)) fail(path, "dict has the key " + quote_name(key) + " twice");
       std::size_t mark = path.size();
       push_path(path, key);
       value v = decode_value(item.get_array()[1], path, depth);
@@ -623,25 +1027,52 @@ class tree_decoder {
     }
     if (tag == "tensor") {
       if (!payload.is_string()) fail(path, "tensor reference is not a string");
-      std::string name(payload.get_string().data(), payload.get_string().size());
-      auto it = index_.find(name);
-      if (it == index_.end())
+      std::string_view name(payload.get_string().data(), payload.get_string().size());
+      std::size_t i = entry_index(name);
+      if (i == npos)
         fail(path, "refers to tensor " + quote_name(name) + ", which is not in the header");
-      if (used_[it->second]) fail(path, "refers to tensor " + quote_name(name) + " a second time");
+      if (used_[i]) fail(path, "refers to tensor " + quote_name(name) + " a second time");
       if (name != path)
         fail(path, "refers to tensor " + quote_name(name) +
                        "; the tensor at this path must be named " + quote_name(path));
-      used_[it->second] = true;
-      return make_tensor_(it->second);
+      used_[i] = true;
+      return make_tensor_(i);
     }
     fail(path, "unknown node type " + quote_name(tag));
+  }
+
+  // Small dicts are scanned; dict::contains builds a std::string for every probe.
+  static bool contains(const dict& d, std::string_view key) {
+    if (d.size() > 16) return d.contains(key);
+    for (const auto& item : d)
+      if (item.first == key) return true;
+    return false;
+  }
+
+  static constexpr std::size_t npos = std::size_t(-1);
+
+  // The entry named `name`, or npos. Our writer lists the tree's tensors in header order (per
+  // alignment class), so the entry after the last one found is tried first; the hash index is
+  // built only when that guess misses.
+  std::size_t entry_index(std::string_view name) {
+    const auto& entries = h_.entries;
+    if (next_ < entries.size() && entries[next_].name == name) return next_++;
+    if (index_.empty()) {
+      index_.reserve(entries.size());
+      for (std::size_t i = 0; i < entries.size(); ++i) index_.emplace(entries[i].name, i);
+    }
+    auto it = index_.find(name);
+    if (it == index_.end()) return npos;
+    next_ = it->second + 1;
+    return it->second;
   }
 
   const parsed_header& h_;
   const std::function<value(std::size_t)>& make_tensor_;
   std::string ctx_;
   std::vector<bool> used_;
-  std::unordered_map<std::string, std::size_t> index_;
+  std::size_t next_ = 0;
+  std::unordered_map<std::string_view, std::size_t> index_;  // views of h_.entries' names
 };
 
 const std::string* find_metadata(const parsed_header& h, std::string_view key) {
@@ -650,19 +1081,49 @@ const std::string* find_metadata(const parsed_header& h, std::string_view key) {
   return nullptr;
 }
 
+// "xxh3:<16 hex digits>" for every entry, from h.checksums.
+void set_checksum_strings(parsed_header& h) {
+  for (std::size_t i = 0; i < h.entries.size(); ++i) {
+    std::string& c = h.entries[i].checksum;
+    c.assign("xxh3:0000000000000000");
+    std::uint64_t v = h.checksums[i];
+    for (std::size_t k = c.size(); k-- > 5; v >>= 4) c[k] = hex_digits[v & 15];
+  }
+}
+
 void parse_checksums(parsed_header& h, const std::string& text, const std::string& label) {
+  {
+    sax_pass<checksums_reader> fast(text, 2, h.entries);
+    if (fast.ok) {
+      h.checksums = std::move(fast.handler().sums);
+      set_checksum_strings(h);
+      return;
+    }
+  }
   std::string ctx = label + ": __metadata__ 'shmckpt.checksums'";
-  json::value doc = parse_strict(text, 2, ctx);
+  json::monotonic_resource mr(text.size() * 2 + 4096);
+  json::value doc = parse_strict(text, 2, ctx, &mr);
   if (!doc.is_object())
     throw_error(errc::corrupt_data, ctx + " is a JSON " + kind_of(doc) + ", not an object");
+  // Our writer records the checksums in entry order; the index is built only when a name is
+  // not where that order puts it.
   std::unordered_map<std::string_view, std::size_t> index;
-  for (std::size_t i = 0; i < h.entries.size(); ++i) index.emplace(h.entries[i].name, i);
+  auto find = [&](std::size_t position, std::string_view name) -> std::size_t {
+    if (position < h.entries.size() && h.entries[position].name == name) return position;
+    if (index.empty()) {
+      index.reserve(h.entries.size());
+      for (std::size_t i = 0; i < h.entries.size(); ++i) index.emplace(h.entries[i].name, i);
+    }
+    auto it = index.find(name);
+    return it == index.end() ? std::size_t(-1) : it->second;
+  };
   std::vector<bool> seen(h.entries.size(), false);
   h.checksums.assign(h.entries.size(), 0);
+  std::size_t position = 0;
   for (const auto& kv : doc.get_object()) {
     std::string_view name(kv.key().data(), kv.key().size());
-    auto it = index.find(name);
-    if (it == index.end())
+    std::size_t i = find(position++, name);
+    if (i == std::size_t(-1))
       throw_error(errc::corrupt_data,
                   ctx + " names " + quote_name(name) + ", which is not a tensor in this file");
     std::optional<std::uint64_t> sum;
@@ -671,8 +1132,8 @@ void parse_checksums(parsed_header& h, const std::string& text, const std::strin
     if (!sum)
       throw_error(errc::corrupt_data, ctx + ": the value for " + quote_name(name) +
                                           " is not a string of 16 lowercase hex digits");
-    h.checksums[it->second] = *sum;
-    seen[it->second] = true;
+    h.checksums[i] = *sum;
+    seen[i] = true;
   }
   for (std::size_t i = 0; i < seen.size(); ++i)
     if (!seen[i])
@@ -680,8 +1141,7 @@ void parse_checksums(parsed_header& h, const std::string& text, const std::strin
                                           " of " + std::to_string(h.entries.size()) +
                                           " tensors; " + quote_name(h.entries[i].name) +
                                           " has none");
-  for (std::size_t i = 0; i < h.entries.size(); ++i)
-    h.entries[i].checksum = "xxh3:" + hex64(h.checksums[i]);
+  set_checksum_strings(h);
 }
 
 }  // namespace
@@ -825,17 +1285,19 @@ std::uint64_t parse_header_length(const unsigned char (&prefix)[8], std::uint64_
   return n;
 }
 
-parsed_header parse_header(std::string_view text, std::uint64_t data_size,
-                           const std::string& label) {
-  if (text.empty() || text.front() != '{')
-    throw_error(errc::corrupt_data, label + ": header does not start with '{'");
-  json::value doc = parse_strict(text, 8, label + ": header");
+namespace {
+
+// The exact path for the header (see "fast paths"): a DOM, every error named.
+void read_header_dom(std::string_view text, const std::string& label, parsed_header& h) {
+  // The DOM lives only in this call: one arena, freed at once.
+  json::monotonic_resource mr(text.size() * 2 + 4096);
+  json::value doc = parse_strict(text, 8, label + ": header", &mr);
   if (!doc.is_object())
     throw_error(errc::corrupt_data, label + ": header is a JSON " + kind_of(doc) +
                                         ", not an object");
-  parsed_header h;
+  h.entries.reserve(doc.get_object().size());
   for (const auto& kv : doc.get_object()) {
-    std::string name(kv.key().data(), kv.key().size());
+    std::string_view name(kv.key().data(), kv.key().size());
     if (name == "__metadata__") {
       if (!kv.value().is_object())
         throw_error(errc::corrupt_data, label + ": __metadata__ is a JSON " +
@@ -851,7 +1313,25 @@ parsed_header parse_header(std::string_view text, std::uint64_t data_size,
       }
       continue;
     }
-    h.entries.push_back(parse_entry(name, kv.value(), label + ": tensor " + quote_name(name)));
+    h.entries.push_back(parse_entry(name, kv.value(), entry_context{label, name}));
+  }
+}
+
+}  // namespace
+
+parsed_header parse_header(std::string_view text, std::uint64_t data_size,
+                           const std::string& label) {
+  if (text.empty() || text.front() != '{')
+    throw_error(errc::corrupt_data, label + ": header does not start with '{'");
+  parsed_header h;
+  {
+    sax_pass<header_reader> fast(text, 8);
+    if (fast.ok) {
+      h.entries = std::move(fast.handler().entries);
+      h.metadata = std::move(fast.handler().metadata);
+    } else {
+      read_header_dom(text, label, h);
+    }
   }
   check_layout(h.entries, data_size, label);
 
@@ -869,9 +1349,14 @@ parsed_header parse_header(std::string_view text, std::uint64_t data_size,
                     "; this reader understands version " + std::string(format_version));
   if (const std::string* tree = find_metadata(h, "shmckpt.tree")) {
     // Each dict level costs three JSON levels ({"dict": [[k, v]]}), a leaf object one more.
-    h.tree = parse_strict(*tree, 3 * max_tree_depth + 1, label + ": __metadata__ 'shmckpt.tree'");
-    if (h.tree.is_null())
+    auto arena = std::make_unique<json::monotonic_resource>(tree->size() * 2 + 4096);
+    json::value root = parse_strict(*tree, 3 * max_tree_depth + 1,
+                                    label + ": __metadata__ 'shmckpt.tree'", arena.get());
+    if (root.is_null())
       throw_error(errc::corrupt_data, label + ": __metadata__ 'shmckpt.tree' is null");
+    // Moved, never assigned: the value keeps pointing into its arena.
+    h.tree = std::make_shared<const json_document>(
+        json_document{std::move(arena), json::value(std::move(root))});
   }
   if (const std::string* sums = find_metadata(h, "shmckpt.checksums"))
     parse_checksums(h, *sums, label);
@@ -881,7 +1366,7 @@ parsed_header parse_header(std::string_view text, std::uint64_t data_size,
 state_dict build_state_dict(const parsed_header& h,
                             const std::function<value(std::size_t)>& make_tensor,
                             const std::string& label) {
-  if (h.tree.is_null()) {
+  if (!h.tree) {
     state_dict flat;
     for (std::size_t i = 0; i < h.entries.size(); ++i)
       flat.insert_or_assign(h.entries[i].name, make_tensor(i));

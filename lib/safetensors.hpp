@@ -21,11 +21,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include <boost/json/monotonic_resource.hpp>
 #include <boost/json/value.hpp>
 
 #include "shmckpt/reader.hpp"
@@ -95,6 +97,14 @@ void set_checksum(encoded_header& h, std::size_t i, std::uint64_t xxh3);
 
 // ---- reading ---------------------------------------------------------------------------------
 
+/// A parsed JSON document and the arena its memory comes from. Held by pointer: assigning a
+/// boost::json::value across memory resources copies it node by node, and freeing an arena is
+/// one step where destroying a DOM is one per node.
+struct json_document {
+  std::unique_ptr<boost::json::monotonic_resource> arena;  // declared first: outlives `root`
+  boost::json::value root;
+};
+
 /// The header of a file after validation.
 struct parsed_header {
   /// Every tensor, sorted by offset: contiguous from 0 to the end of the data section.
@@ -102,7 +112,7 @@ struct parsed_header {
   /// `__metadata__` in file order (all values are strings; the format demands it).
   std::vector<std::pair<std::string, std::string>> metadata;
   /// The parsed "shmckpt.tree" document, or null when the file has none.
-  boost::json::value tree;
+  std::shared_ptr<const json_document> tree;
   /// The recorded XXH3-64 per entry (parallel to `entries`), when the file records checksums.
   std::vector<std::uint64_t> checksums;
 };
