@@ -127,7 +127,7 @@ value& dict::insert_or_assign(std::string key, value v) {
 }
 
 value* dict::find(std::string_view key) noexcept {
-  auto it = index_.find(std::string(key));
+  auto it = index_.find(key);
   return it == index_.end() ? nullptr : &items_[it->second].second;
 }
 
@@ -142,8 +142,13 @@ value& dict::at(std::string_view key) {
 
 const value& dict::at(std::string_view key) const { return const_cast<dict*>(this)->at(key); }
 
+void dict::reserve(std::size_t n) {
+  items_.reserve(n);
+  index_.reserve(n);
+}
+
 bool dict::erase(std::string_view key) {
-  auto it = index_.find(std::string(key));
+  auto it = index_.find(key);
   if (it == index_.end()) return false;
   std::size_t pos = it->second;
   items_.erase(items_.begin() + static_cast<std::ptrdiff_t>(pos));

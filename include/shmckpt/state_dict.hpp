@@ -130,6 +130,8 @@ class dict {
   bool contains(std::string_view key) const noexcept { return find(key) != nullptr; }
   /// Removes `key`; returns whether it was there. O(n).
   bool erase(std::string_view key);
+  /// Reserves room for `n` items (avoids rehashing while building large dicts).
+  void reserve(std::size_t n);
 
   std::size_t size() const noexcept;
   bool empty() const noexcept { return size() == 0; }
@@ -141,8 +143,15 @@ class dict {
   friend bool operator==(const dict& a, const dict& b) noexcept;
 
  private:
+  // Transparent hashing: lookups by string_view allocate nothing.
+  struct key_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
   std::vector<item> items_;
-  std::unordered_map<std::string, std::size_t> index_;
+  std::unordered_map<std::string, std::size_t, key_hash, std::equal_to<>> index_;
 };
 
 /// What a value holds.
