@@ -26,30 +26,20 @@ std::optional<int> env_int(const char* name) {
   return out;
 }
 
-void check_manifest(const fs::path& path, const load_options& options) {
-  if (options.allow_incomplete || !fs::is_directory(path)) return;
-  if (!is_complete(path))
-    throw_error(errc::not_found,
-                "checkpoint '" + path.string() + "' is incomplete: it has no valid " +
-                    manifest_name +
-                    " (a save failed or is still in progress); load another checkpoint (see "
-                    "latest_checkpoint) or set load_options::allow_incomplete");
-}
-
 load_result load_impl(const fs::path& path, const load_options& options, int rank) {
-  check_manifest(path, options);
   read_options ro;
   ro.verify_checksums = options.verify_checksums;
+  ro.allow_incomplete = options.allow_incomplete;
   return {read(path, ro, rank), {}};
 }
 
 load_result load_into_impl(const fs::path& path, state_dict& template_,
                            const load_options& options, int rank) {
-  check_manifest(path, options);
   read_into_options ro;
   ro.strict = options.strict;
   ro.verify_checksums = options.verify_checksums;
   ro.rank = rank;
+  ro.allow_incomplete = options.allow_incomplete;
   auto r = read_into(path, template_, ro);
   return {std::move(r.state), std::move(r.missing)};
 }

@@ -25,6 +25,8 @@
 // template untouched.
 #include "shmckpt/reader.hpp"
 
+#include "shmckpt/commit.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -86,6 +88,19 @@ fs::path resolve(const fs::path& file_or_dir, int rank) {
   std::error_code ec;
   if (fs::is_directory(file_or_dir, ec)) return checkpoint_file_path(file_or_dir, rank);
   return file_or_dir;
+}
+
+// A directory is a checkpoint only once its manifest is published (commit.hpp).
+fs::path resolve_complete(const fs::path& file_or_dir, int rank, bool allow_incomplete) {
+  fs::path file = resolve(file_or_dir, rank);  // validates the rank first
+  std::error_code ec;
+  if (!allow_incomplete && fs::is_directory(file_or_dir, ec) && !is_complete(file_or_dir))
+    throw_error(errc::not_found,
+                "checkpoint '" + file_or_dir.string() + "' is incomplete: it has no valid " +
+                    manifest_name +
+                    " (a save failed or is still in progress); load another checkpoint (see "
+                    "latest_checkpoint) or set allow_incomplete");
+  return file;
 }
 
 checkpoint_file open_checkpoint(const fs::path& path) {
@@ -346,7 +361,8 @@ std::string name_list(const std::vector<std::string>& names) {
 }  // namespace
 
 state_dict read(const fs::path& file_or_dir, const read_options& options, int rank) {
-  mapped_checkpoint m = map_checkpoint(resolve(file_or_dir, rank));
+  mapped_checkpoint m =
+      map_checkpoint(resolve_complete(file_or_dir, rank, options.allow_incomplete));
   if (options.verify_checksums)
     for (std::size_t i = 0; i < m.header.entries.size(); ++i) verify_entry(m, i);
   auto make_tensor = [&](std::size_t i) -> value { return entry_tensor(m, i, options.copy); };
@@ -355,7 +371,8 @@ state_dict read(const fs::path& file_or_dir, const read_options& options, int ra
 
 read_result read_into(const fs::path& file_or_dir, state_dict& template_,
                       const read_into_options& options) {
-  mapped_checkpoint m = map_checkpoint(resolve(file_or_dir, options.rank));
+  mapped_checkpoint m =
+      map_checkpoint(resolve_complete(file_or_dir, options.rank, options.allow_incomplete));
   // The whole tree is built (as views, O(header)) so that it is validated exactly as `read`
   // validates it, and so that non-tensor values can be looked up by path.
   state_dict file = detail::build_state_dict(

@@ -439,7 +439,8 @@ BOOST_AUTO_TEST_CASE(default_writer_creates_the_directory_and_names_the_file_by_
   });
   BOOST_TEST(fs::is_regular_file(target / "checkpoint_3.safetensors"));
   BOOST_TEST(!fs::exists(target / "checkpoint.json"));
-  BOOST_TEST((read(target, {}, 3) == sd));
+  BOOST_TEST((read(target, {.allow_incomplete = true}, 3) == sd));
+  BOOST_CHECK_EXCEPTION(read(target, {}, 3), error, expect_error(errc::not_found, "incomplete"));
 
   auto rank0 = make_default_writer({});
   rank0->write(sd, dir / "single", {});

@@ -32,11 +32,16 @@ struct read_options {
   /// Recompute every tensor's recorded checksum and fail with error(corrupt_data) naming the
   /// first tensor that does not match.
   bool verify_checksums = false;
+  /// Read a checkpoint directory that has no manifest (commit.hpp): an incomplete checkpoint,
+  /// or files written without the commit protocol. Off: such a directory is error(not_found).
+  bool allow_incomplete = false;
 };
 
-/// Reads a checkpoint file, or `checkpoint_<rank>.safetensors` inside a directory (rank 0 unless
-/// `rank` is given). Errors: not_found naming the file; corrupt_data naming the field that failed
-/// validation; io_error for OS failures.
+/// Reads a checkpoint file, or `checkpoint_<rank>.safetensors` inside a checkpoint directory
+/// (rank 0 unless `rank` is given). A directory must be complete — hold its manifest — unless
+/// `allow_incomplete` is set; a single file is read as it is. Errors: not_found naming the file
+/// or the incomplete directory; corrupt_data naming the field that failed validation; io_error
+/// for OS failures.
 state_dict read(const std::filesystem::path& file_or_dir, const read_options& options = {},
                 int rank = 0);
 
@@ -51,6 +56,8 @@ struct read_into_options {
   bool verify_checksums = false;
   /// Given a directory, read its checkpoint_<rank>.safetensors.
   int rank = 0;
+  /// As read_options::allow_incomplete.
+  bool allow_incomplete = false;
 };
 
 /// What `read_into` did.

@@ -107,6 +107,13 @@ std::string quoted_string(std::string_view s) {
   return out + "\"";
 }
 
+// Inspection looks at incomplete checkpoint directories too (a failed save is worth examining).
+shmckpt::read_options inspect_options() {
+  shmckpt::read_options o;
+  o.allow_incomplete = true;
+  return o;
+}
+
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   return shmckpt::format_shape(shape);
 }
@@ -426,7 +433,7 @@ int run_tree(const std::vector<std::string>& args) {
   if (pc.help) return exit_ok;
   int rank = rank_option("tree", pc);
   fs::path path = pc.vm["path"].as<std::string>();
-  shmckpt::state_dict sd = shmckpt::read(path, {}, rank);
+  shmckpt::state_dict sd = shmckpt::read(path, inspect_options(), rank);
   if (pc.vm.count("json")) {
     boost::json::object doc;
     doc["path"] = json_text(rank_file(path, rank).string());
@@ -665,7 +672,7 @@ int run_show(const std::vector<std::string>& args) {
   std::string key = pc.vm["key"].as<std::string>();
   std::size_t shown = pc.vm["values"].as<std::size_t>();
 
-  shmckpt::state_dict sd = shmckpt::read(file);
+  shmckpt::state_dict sd = shmckpt::read(file, inspect_options());
   flat_tree flat(sd);
   auto found = flat.nodes.find(key);
   if (found == flat.nodes.end())
@@ -884,8 +891,8 @@ int run_diff(const std::vector<std::string>& args) {
   int rank = rank_option("diff", pc);
   fs::path path_a = rank_file(pc.vm["a"].as<std::string>(), rank);
   fs::path path_b = rank_file(pc.vm["b"].as<std::string>(), rank);
-  shmckpt::state_dict sd_a = shmckpt::read(path_a);
-  shmckpt::state_dict sd_b = shmckpt::read(path_b);
+  shmckpt::state_dict sd_a = shmckpt::read(path_a, inspect_options());
+  shmckpt::state_dict sd_b = shmckpt::read(path_b, inspect_options());
   flat_tree a(sd_a), b(sd_b);
   std::unordered_map<std::string, const shmckpt::value*> leaves_b(b.leaves.begin(),
                                                                   b.leaves.end());
