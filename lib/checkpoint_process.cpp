@@ -217,6 +217,7 @@ struct checkpoint_process::impl {
   bool closing = false;     // close() began: no new writes
   bool stopping = false;    // submit thread must stop
   bool terminate_acked = false;
+  bool submitting = false;  // the submit thread holds a job it has not yet posted
   bool killed_by_close = false;  // close() gave up waiting and killed the child
   bool closed_done = false;      // close() has finished
   bool channel_broken = false;
@@ -563,8 +564,11 @@ struct checkpoint_process::impl {
         if (queue.empty()) continue;
         j = queue.front();
         queue.pop_front();
+        submitting = true;
       }
       submit(j);
+      std::lock_guard g(m);
+      submitting = false;
     }
   }
 
@@ -588,10 +592,7 @@ struct checkpoint_process::impl {
         prepare(*j, j->pending->get());
         j->pending.reset();
       } else if (j->encode_on_submit) {
-        j->frame = protocol::make_frame(
-            proto_type::write_checkpoint, j->id,
-            protocol::encode_write(j->path.string(), j->prepared, j->kw,
-                                   [this](const tensor& t) { return seg.offset_of(t.data()); }));
+        encode_now(*j);
       }
       std::lock_guard g(m);
       if (auto e = dead ? dead : init_error) std::rethrow_exception(e);
@@ -712,9 +713,34 @@ struct checkpoint_process::impl {
     }
     j->id = next_id++;
     if (!j->pending && !j->encode_on_submit) set_frame_id(j->frame, j->id);
+    if (!j->pending && queue.empty() && !submitting && ready) {
+      // Nothing is ahead of this job on the submit thread: hand it straight to the io thread
+      // (posts run in order there), saving a thread hop on every request.
+      in_flight.emplace(j->id, j);
+      asio::post(io, [this, j] {
+        if (j->encode_on_submit) {
+          try {
+            encode_now(*j);
+          } catch (...) {
+            std::lock_guard g(m);
+            if (in_flight.erase(j->id)) j->done.set_exception(std::current_exception());
+            return;
+          }
+        }
+        send(std::move(j->frame));
+      });
+      return f;
+    }
     queue.push_back(std::move(j));
     cv.notify_all();
     return f;
+  }
+
+  void encode_now(job& j) {
+    j.frame = protocol::make_frame(
+        proto_type::write_checkpoint, j.id,
+        protocol::encode_write(j.path.string(), j.prepared, j.kw,
+                               [this](const tensor& t) { return seg.offset_of(t.data()); }));
   }
 
   static void set_frame_id(std::vector<std::byte>& frame, std::uint64_t id) {
