@@ -35,10 +35,13 @@ struct copy_job {
 // the child, not by this core, and glibc's memcpy uses streaming stores only for copies larger
 // than a fraction of the L3 size, far above typical tensor sizes.
 constexpr std::size_t streaming_threshold = std::size_t{256} << 10;
+// ... up to this size; larger copies go to memcpy, whose own non-temporal path (wider vectors,
+// tuned per CPU) takes over for copies of this order.
+constexpr std::size_t streaming_limit = std::size_t{64} << 20;
 
 void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
 #if defined(__SSE2__)
-  if (n >= streaming_threshold) {
+  if (n >= streaming_threshold && n < streaming_limit) {
     // Head: bring dst to a 16-byte boundary.
     std::size_t head = (16 - (reinterpret_cast<std::uintptr_t>(dst) & 15)) & 15;
     std::memcpy(dst, src, head);
@@ -183,13 +186,15 @@ std::size_t default_threads() {
 
 }  // namespace
 
-struct pooled_block {
-  std::shared_ptr<std::byte> memory;  // in the segment
-  std::size_t size = 0;
-};
-
+// One generation's buffers: a single arena in the segment holding every private tensor of the
+// snapshot at a fixed offset, in tree order. One arena (not one block per tensor) keeps the
+// destination contiguous, so copies of tensors that are also contiguous in the trainer's memory
+// (a flat parameter buffer) merge into a few large copies, which run faster.
 struct generation {
-  std::unordered_map<std::string, pooled_block> blocks;  // flattened name → buffer
+  std::shared_ptr<std::byte> arena;
+  std::size_t arena_bytes = 0;
+  std::vector<std::pair<std::string, std::size_t>> layout;  // (name, bytes) in tree order
+  std::vector<std::size_t> offsets;                         // of each layout entry in the arena
   bool leased = false;
 };
 
@@ -259,45 +264,86 @@ struct stager::impl : std::enable_shared_from_this<impl> {
         s->cv.notify_all();
       }
     });
+    // Pass 1: the private tensors, by name and size, in tree order.
+    std::vector<const tensor*> privs;
+    std::vector<std::pair<std::string, std::size_t>> layout;
+    for (const auto& [k, v] : sd) collect(v, k, privs, layout);
+    if (layout != gen->layout) {
+      // New or reshaped tensors: lay the arena out afresh (64-byte aligned entries).
+      gen->arena.reset();  // return the old arena first so its room can be reused
+      gen->offsets.clear();
+      std::size_t total = 0;
+      for (const auto& [name, n] : layout) {
+        gen->offsets.push_back(total);
+        total += (n + 63) / 64 * 64;
+      }
+      gen->layout.clear();
+      gen->arena = proc.allocate(total);
+      gen->arena_bytes = total;
+      gen->layout = std::move(layout);
+    }
+    // Copy plan, merging neighbours that are contiguous on both sides.
     std::vector<copy_job> jobs;
-    std::unordered_map<std::string, pooled_block> used;
+    for (std::size_t i = 0; i < privs.size(); ++i) {
+      std::byte* dst = gen->arena.get() + gen->offsets[i];
+      const std::byte* src = privs[i]->data();
+      std::size_t n = privs[i]->nbytes();
+      if (n == 0) continue;
+      if (!jobs.empty() && jobs.back().dst + jobs.back().n == dst &&
+          jobs.back().src + jobs.back().n == src)
+        jobs.back().n += n;
+      else
+        jobs.push_back({dst, src, n});
+    }
+    // Pass 2: the snapshot tree, private tensors replaced by their arena views, same order.
+    std::size_t next = 0;
     state_dict out;
-    for (const auto& [k, v] : sd) out.insert_or_assign(k, snapshot(v, k, *gen, lease, jobs, used));
-    gen->blocks = std::move(used);  // buffers of names no longer present return to the segment
+    for (const auto& [k, v] : sd) out.insert_or_assign(k, snapshot(v, *gen, lease, next));
     pool.run(jobs);
     return out;
   }
 
-  value snapshot(const value& v, const std::string& name, generation& gen,
-                 const std::shared_ptr<const void>& lease, std::vector<copy_job>& jobs,
-                 std::unordered_map<std::string, pooled_block>& used) {
+  void collect(const value& v, const std::string& name, std::vector<const tensor*>& privs,
+               std::vector<std::pair<std::string, std::size_t>>& layout) {
+    switch (v.type()) {
+      case kind::tensor:
+        if (!proc.is_shared(v.as_tensor())) {  // tensors already in the segment: zero-copy
+          privs.push_back(&v.as_tensor());
+          layout.emplace_back(name, v.as_tensor().nbytes());
+        }
+        break;
+      case kind::dict:
+        for (const auto& [k, e] : v.as_dict()) collect(e, name + "." + k, privs, layout);
+        break;
+      case kind::list: {
+        const auto& l = v.as_list();
+        for (std::size_t i = 0; i < l.size(); ++i)
+          collect(l[i], name + "." + std::to_string(i), privs, layout);
+        break;
+      }
+      default: break;
+    }
+  }
+
+  value snapshot(const value& v, const generation& gen, const std::shared_ptr<const void>& lease,
+                 std::size_t& next) {
     switch (v.type()) {
       case kind::tensor: {
         const auto& t = v.as_tensor();
-        if (proc.is_shared(t)) return t;  // already in the segment: zero-copy
-        // Reuse this generation's buffer for the name when the size still matches; otherwise a
-        // fresh, uninitialised one (the copy overwrites every byte).
-        std::shared_ptr<std::byte> block;
-        if (auto it = gen.blocks.find(name); it != gen.blocks.end() && it->second.size == t.nbytes())
-          block = it->second.memory;
-        else
-          block = proc.allocate(t.nbytes());
-        used.insert_or_assign(name, pooled_block{block, t.nbytes()});
-        if (t.nbytes()) jobs.push_back({block.get(), t.data(), t.nbytes()});
-        return tensor(t.type(), t.shape(), {block.get(), t.nbytes()}, lease);
+        if (proc.is_shared(t)) return t;
+        std::byte* at = gen.arena.get() + gen.offsets[next++];
+        return tensor(t.type(), t.shape(), {at, t.nbytes()}, lease);
       }
       case kind::dict: {
         dict out;
-        for (const auto& [k, e] : v.as_dict())
-          out.insert_or_assign(k, snapshot(e, name + "." + k, gen, lease, jobs, used));
+        out.reserve(v.as_dict().size());
+        for (const auto& [k, e] : v.as_dict()) out.insert_or_assign(k, snapshot(e, gen, lease, next));
         return out;
       }
       case kind::list: {
         list out;
-        const auto& l = v.as_list();
-        out.reserve(l.size());
-        for (std::size_t i = 0; i < l.size(); ++i)
-          out.push_back(snapshot(l[i], name + "." + std::to_string(i), gen, lease, jobs, used));
+        out.reserve(v.as_list().size());
+        for (const auto& e : v.as_list()) out.push_back(snapshot(e, gen, lease, next));
         return out;
       }
       default: return v;
@@ -364,7 +410,7 @@ std::size_t stager::pooled_bytes() const {
   std::lock_guard g(impl_->m);
   std::size_t n = 0;
   for (const auto& gen : impl_->gens)
-    for (const auto& [k, b] : gen->blocks) n += b.size;
+    n += gen->arena_bytes;
   return n;
 }
 
@@ -382,7 +428,12 @@ void stager::close() noexcept {
   std::lock_guard g(impl_->m);
   // Leased generations stay alive through their leases until their snapshots are gone.
   for (auto& gen : impl_->gens)
-    if (!gen->leased) gen->blocks.clear();
+    if (!gen->leased) {
+      gen->arena.reset();
+      gen->arena_bytes = 0;
+      gen->layout.clear();
+      gen->offsets.clear();
+    }
 }
 
 }  // namespace shmckpt

@@ -5,9 +5,11 @@
 // (a snapshot), so the trainer may go on mutating its own tensors while the child writes the
 // snapshot. Tensors already in the segment are not copied.
 //
-// Buffers are pooled per *generation* and keyed by tensor name and size: the first snapshot
-// allocates them (from a prefaulted segment, so even that copy runs at memcpy speed) and later
-// snapshots reuse the same buffers, at the same addresses. With `generations` = 2 (double
+// Buffers are pooled per *generation*: one arena in the segment laid out by tensor name and
+// size. The first snapshot allocates it (from a prefaulted segment, so even that copy runs at
+// memcpy speed) and later snapshots with the same names and sizes reuse it, at the same
+// addresses; a changed layout gets a fresh arena. Copies of tensors that are contiguous in the
+// trainer's memory merge into large copies. With `generations` = 2 (double
 // buffering) snapshot N+1 can be taken while snapshot N is still being written.
 //
 // Ownership, no torn snapshots: a staged state dict's tensors hold a lease on their generation.
