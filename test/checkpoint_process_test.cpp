@@ -17,6 +17,9 @@
 
 using namespace shmckpt;
 using namespace std::chrono_literals;
+using shmckpt::test::dev_shm_entries;
+using shmckpt::test::env_guard;
+using shmckpt::test::expect_error;
 using shmckpt::test::temp_dir;
 
 namespace {
@@ -39,37 +42,10 @@ std::string slurp(const std::filesystem::path& p) {
   return ss.str();
 }
 
-// Runs `f`, expecting shmckpt::error of `kind` whose message contains `fragment`.
-template <class F>
-void expect_error(F&& f, errc kind, const std::string& fragment) {
-  try {
-    f();
-    BOOST_FAIL("expected an error containing '" << fragment << "'");
-  } catch (const error& e) {
-    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(kind), "error was: " << e.what());
-    BOOST_TEST(std::string(e.what()).find(fragment) != std::string::npos,
-               "'" << e.what() << "' lacks '" << fragment << "'");
-  }
-}
-
-// Sets an environment variable for the lifetime of the guard (fake-child modes).
-struct env_guard {
-  env_guard(const char* k, const char* v) : key(k) { ::setenv(k, v, 1); }
-  ~env_guard() { ::unsetenv(key); }
-  const char* key;
-};
-
 state_dict small_state() {
   auto w = tensor::zeros(dtype::f32, {4, 4});
   w.data_as<float>()[5] = 1.5f;
   return state_dict{{"model", dict{{"w", w}}}, {"step", 10}, {"note", "hello"}};
-}
-
-std::set<std::string> dev_shm_entries() {
-  std::set<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
-    out.insert(e.path().filename());
-  return out;
 }
 
 }  // namespace

@@ -13,6 +13,8 @@
 
 using namespace shmckpt;
 using namespace std::chrono_literals;
+using shmckpt::test::env_guard;
+using shmckpt::test::expect_error;
 using shmckpt::test::temp_dir;
 namespace fs = std::filesystem;
 
@@ -34,24 +36,6 @@ state_dict state(float v, std::int64_t step) {
   for (auto& x : w.data_as<float>()) x = v;
   return state_dict{{"model", dict{{"w", w}}}, {"step", step}};
 }
-
-template <class F>
-void expect_error(F&& f, errc kind, const std::string& fragment) {
-  try {
-    f();
-    BOOST_FAIL("expected an error containing '" << fragment << "'");
-  } catch (const error& e) {
-    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(kind), "error was: " << e.what());
-    BOOST_TEST(std::string(e.what()).find(fragment) != std::string::npos,
-               "'" << e.what() << "' lacks '" << fragment << "'");
-  }
-}
-
-struct env_var {
-  env_var(const char* k, const char* v) : key(k) { ::setenv(k, v, 1); }
-  ~env_var() { ::unsetenv(key); }
-  const char* key;
-};
 
 }  // namespace
 
@@ -111,18 +95,18 @@ BOOST_AUTO_TEST_CASE(rank_is_detected_from_each_launcher_family) {
                                                           {"SLURM_PROCID", "SLURM_NTASKS"}};
   for (auto [r, s] : families) {
     BOOST_TEST_CONTEXT(r) {
-      env_var a(r, "3"), b(s, "8");
+      env_guard a(r, "3"), b(s, "8");
       auto info = detect_rank_info();
       BOOST_TEST(info.rank == 3);
       BOOST_TEST(info.world_size == 8);
     }
   }
   {
-    env_var a("RANK", "8"), b("WORLD_SIZE", "8");
+    env_guard a("RANK", "8"), b("WORLD_SIZE", "8");
     expect_error([] { detect_rank_info(); }, errc::invalid_argument, "RANK=8");
   }
   {
-    env_var a("PMI_RANK", "1");
+    env_guard a("PMI_RANK", "1");
     expect_error([] { detect_rank_info(); }, errc::invalid_argument, "PMI_SIZE is missing");
   }
 }

@@ -11,17 +11,14 @@
 
 #include "shmckpt/error.hpp"
 #include "shmckpt/segment.hpp"
+#include "test_support.hpp"
+
+using shmckpt::test::dev_shm_entries;
 
 using namespace shmckpt;
 
 namespace {
 
-std::set<std::string> dev_shm_entries() {
-  std::set<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
-    out.insert(e.path().filename());
-  return out;
-}
 
 }  // namespace
 

@@ -12,8 +12,11 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <string>
 #include <thread>
+
+#include "shmckpt/error.hpp"
 
 namespace shmckpt::test {
 
@@ -80,6 +83,36 @@ inline bool pid_alive(int pid) {
   if (!std::getline(in, line)) return false;
   auto close = line.rfind(')');
   return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+}
+
+/// Runs `f`, expecting shmckpt::error of `kind` whose message contains `fragment`.
+template <class F>
+void expect_error(F&& f, errc kind, const std::string& fragment) {
+  try {
+    f();
+    BOOST_FAIL("expected an error containing '" << fragment << "'");
+  } catch (const error& e) {
+    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(kind), "error was: " << e.what());
+    BOOST_TEST(std::string(e.what()).find(fragment) != std::string::npos,
+               "'" << e.what() << "' lacks '" << fragment << "'");
+  }
+}
+
+/// Sets an environment variable for the lifetime of the guard.
+struct env_guard {
+  env_guard(const char* k, const char* v) : key(k) { ::setenv(k, v, 1); }
+  ~env_guard() { ::unsetenv(key); }
+  env_guard(const env_guard&) = delete;
+  env_guard& operator=(const env_guard&) = delete;
+  const char* key;
+};
+
+/// Names in /dev/shm (to show nothing was left there).
+inline std::set<std::string> dev_shm_entries() {
+  std::set<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
+    out.insert(e.path().filename());
+  return out;
 }
 
 }  // namespace shmckpt::test
