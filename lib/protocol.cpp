@@ -89,6 +89,11 @@ class byte_reader {
     return kw;
   }
   std::size_t remaining() const noexcept { return in_.size() - pos_; }
+  // Counts decoded values against max_values.
+  void count_value() {
+    if (++values_ > max_values)
+      fail("descriptor holds more than " + std::to_string(max_values) + " values");
+  }
   void expect_end(const char* what) const {
     if (remaining() != 0)
       fail(std::string(what) + " has " + std::to_string(remaining()) + " trailing bytes");
@@ -102,6 +107,7 @@ class byte_reader {
   }
   std::span<const std::byte> in_;
   std::size_t pos_ = 0;
+  std::size_t values_ = 0;
 };
 
 void encode_value(byte_writer& w, const value& v, const offset_function& offset_of,
@@ -189,6 +195,7 @@ dict decode_dict(byte_reader& r, const resolve_function& resolve, std::size_t de
 }
 
 value decode_value(byte_reader& r, const resolve_function& resolve, std::size_t depth) {
+  r.count_value();
   auto t = r.get<std::uint8_t>("value tag");
   switch (static_cast<tag>(t)) {
     case tag::none: return none;

@@ -41,6 +41,9 @@ inline constexpr std::uint32_t max_payload_bytes = 512u << 20;
 inline constexpr std::size_t max_depth = 128;
 /// Longest string (key, value, path, message) a payload may carry.
 inline constexpr std::uint32_t max_string_bytes = 16u << 20;
+/// Most values (dict entries, list items, leaves) one descriptor may hold: bounds the memory a
+/// hostile frame can make the child allocate (a value is ~100 bytes in memory, 1 on the wire).
+inline constexpr std::size_t max_values = std::size_t{16} << 20;
 /// Most dimensions a tensor may have.
 inline constexpr std::size_t max_rank = 64;
 
