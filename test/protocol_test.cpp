@@ -230,3 +230,14 @@ BOOST_AUTO_TEST_CASE(random_corruption_never_crashes_the_decoder) {
   }
   BOOST_TEST(rejected > 0);
 }
+
+BOOST_AUTO_TEST_CASE(a_descriptor_with_too_many_values_is_rejected) {
+  arena a;
+  // path "/x", no kwargs, one dict entry "l" holding a list of max_values + 1 nones: every value
+  // is one byte on the wire but ~100 in memory, so the count is capped.
+  auto payload = p::encode_write("/x", state_dict{{"l", list{}}}, {}, a.offset_of());
+  std::uint32_t n = static_cast<std::uint32_t>(p::max_values + 1);
+  std::memcpy(payload.data() + payload.size() - 4, &n, 4);
+  payload.resize(payload.size() + n, std::byte{0});
+  expect_protocol_error([&] { p::decode_write(payload, a.resolve()); }, "more than");
+}
