@@ -582,3 +582,21 @@ BOOST_AUTO_TEST_CASE(verify_draws_progress_only_when_stderr_is_a_terminal) {
   BOOST_TEST(contains(err, "\r\033[K"), err);  // erased when done
   BOOST_TEST(contains(read_file(out), "ok, 2 tensors verified"));
 }
+
+BOOST_AUTO_TEST_CASE(list_of_a_directory_reports_whether_its_manifest_makes_it_complete) {
+  scratch_dir dir("inspect");
+  fs::path ckpt = dir / "step_1";
+  make_default_writer({})->write(sample(0), ckpt, {});  // publishes checkpoint.json
+  auto r = run_inspect(dir, {"list", ckpt.string()});
+  BOOST_TEST(r.status == 0);
+  BOOST_TEST(r.out.find("manifest: checkpoint.json, world size 1, complete") != std::string::npos,
+             r.out);
+  auto j = run_inspect(dir, {"list", "--json", ckpt.string()});
+  auto doc = boost::json::parse(j.out);
+  BOOST_TEST(doc.at("manifest").at("complete").as_bool());
+
+  fs::remove(ckpt / "checkpoint.json");
+  r = run_inspect(dir, {"list", ckpt.string()});
+  BOOST_TEST(r.status == 0);  // still listed: inspecting a failed save is the point
+  BOOST_TEST(r.out.find("manifest: none: INCOMPLETE") != std::string::npos, r.out);
+}

@@ -34,6 +34,7 @@
 #include <boost/program_options.hpp>
 
 #include "shmckpt/error.hpp"
+#include "shmckpt/commit.hpp"
 #include "shmckpt/reader.hpp"
 #include "shmckpt/state_dict.hpp"
 #include "shmckpt/writer.hpp"
@@ -303,6 +304,13 @@ int run_list(const std::vector<std::string>& args) {
     files.push_back(std::move(f));
   }
 
+  // A directory is a checkpoint only once its manifest is published (commit.hpp).
+  const std::filesystem::path root = pc.vm["path"].as<std::string>();
+  const bool is_dir = std::filesystem::is_directory(root);
+  std::optional<shmckpt::manifest> manifest;
+  if (is_dir) manifest = shmckpt::read_manifest(root);
+  const bool complete = is_dir && shmckpt::is_complete(root);
+
   if (pc.vm.count("json")) {
     boost::json::array list;
     for (const auto& f : files) list.push_back(listing_json(f));
@@ -310,6 +318,13 @@ int run_list(const std::vector<std::string>& args) {
     doc["files"] = std::move(list);
     doc["tensor_count"] = total_tensors;
     doc["total_bytes"] = total_bytes;
+    if (is_dir) {
+      boost::json::object m;
+      m["present"] = manifest.has_value();
+      m["complete"] = complete;
+      if (manifest) m["world_size"] = manifest->world_size;
+      doc["manifest"] = std::move(m);
+    }
     std::cout << boost::json::serialize(doc) << "\n";
     return exit_ok;
   }
@@ -320,6 +335,16 @@ int run_list(const std::vector<std::string>& args) {
   if (files.size() > 1)
     std::cout << "\ntotal: " << files.size() << " files, " << total_tensors << " tensors, "
               << total_bytes << " bytes\n";
+  if (is_dir) {
+    if (complete)
+      std::cout << "manifest: " << shmckpt::manifest_name << ", world size "
+                << manifest->world_size << ", complete\n";
+    else if (manifest)
+      std::cout << "manifest: " << shmckpt::manifest_name
+                << " present but its files do not match it: INCOMPLETE\n";
+    else
+      std::cout << "manifest: none: INCOMPLETE (a save failed or is still in progress)\n";
+  }
   return exit_ok;
 }
 
