@@ -632,27 +632,11 @@ struct checkpoint_process::impl {
     return true;
   }
 
-  value share(const value& v) {
-    switch (v.type()) {
-      case kind::tensor: {
-        const auto& t = v.as_tensor();
-        return seg.contains(t.data(), t.nbytes()) ? t : seg.copy_in(t);
-      }
-      case kind::dict: return share(v.as_dict());
-      case kind::list: {
-        list out;
-        out.reserve(v.as_list().size());
-        for (const auto& e : v.as_list()) out.push_back(share(e));
-        return out;
-      }
-      default: return v;
-    }
-  }
-
+  // The tree with every tensor outside the segment replaced by a copy inside it.
   dict share(const dict& d) {
-    dict out;
-    for (const auto& [k, v] : d) out.insert_or_assign(k, share(v));
-    return out;
+    return map_tensors(d, [this](const tensor& t) {
+      return seg.contains(t.data(), t.nbytes()) ? t : seg.copy_in(t);
+    });
   }
 
   static void fail_jobs(std::deque<std::shared_ptr<job>>& jobs, const std::string& why) {

@@ -297,8 +297,11 @@ struct stager::impl : std::enable_shared_from_this<impl> {
     }
     // Pass 2: the snapshot tree, private tensors replaced by their arena views, same order.
     std::size_t next = 0;
-    state_dict out;
-    for (const auto& [k, v] : sd) out.insert_or_assign(k, snapshot(v, *gen, lease, next));
+    state_dict out = map_tensors(sd, [&](const tensor& t) {
+      if (proc.is_shared(t)) return t;
+      std::byte* at = gen->arena.get() + gen->offsets[next++];
+      return tensor(t.type(), t.shape(), {at, t.nbytes()}, lease);
+    });
     pool.run(jobs);
     return out;
   }
@@ -322,31 +325,6 @@ struct stager::impl : std::enable_shared_from_this<impl> {
         break;
       }
       default: break;
-    }
-  }
-
-  value snapshot(const value& v, const generation& gen, const std::shared_ptr<const void>& lease,
-                 std::size_t& next) {
-    switch (v.type()) {
-      case kind::tensor: {
-        const auto& t = v.as_tensor();
-        if (proc.is_shared(t)) return t;
-        std::byte* at = gen.arena.get() + gen.offsets[next++];
-        return tensor(t.type(), t.shape(), {at, t.nbytes()}, lease);
-      }
-      case kind::dict: {
-        dict out;
-        out.reserve(v.as_dict().size());
-        for (const auto& [k, e] : v.as_dict()) out.insert_or_assign(k, snapshot(e, gen, lease, next));
-        return out;
-      }
-      case kind::list: {
-        list out;
-        out.reserve(v.as_list().size());
-        for (const auto& e : v.as_list()) out.push_back(snapshot(e, gen, lease, next));
-        return out;
-      }
-      default: return v;
     }
   }
 

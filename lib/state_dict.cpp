@@ -258,14 +258,14 @@ void visit_tensors(const value& v, std::string& name,
   }
 }
 
-value clone_value(const value& v) {
+value map_value(const value& v, const std::function<tensor(const tensor&)>& fn) {
   switch (v.type()) {
-    case kind::tensor: return v.as_tensor().clone();
-    case kind::dict: return deep_clone(v.as_dict());
+    case kind::tensor: return fn(v.as_tensor());
+    case kind::dict: return map_tensors(v.as_dict(), fn);
     case kind::list: {
       list out;
       out.reserve(v.as_list().size());
-      for (const auto& e : v.as_list()) out.push_back(clone_value(e));
+      for (const auto& e : v.as_list()) out.push_back(map_value(e, fn));
       return out;
     }
     default: return v;
@@ -289,10 +289,15 @@ tensor_totals count_tensors(const dict& root) {
   return t;
 }
 
-dict deep_clone(const dict& root) {
+dict map_tensors(const dict& root, const std::function<tensor(const tensor&)>& fn) {
   dict out;
-  for (const auto& [k, v] : root) out.insert_or_assign(k, clone_value(v));
+  out.reserve(root.size());
+  for (const auto& [k, v] : root) out.insert_or_assign(k, map_value(v, fn));
   return out;
+}
+
+dict deep_clone(const dict& root) {
+  return map_tensors(root, [](const tensor& t) { return t.clone(); });
 }
 
 }  // namespace shmckpt

@@ -83,3 +83,20 @@ BOOST_AUTO_TEST_CASE(flattened_names_join_keys_and_indexes) {
   BOOST_TEST(tot.count == 2u);
   BOOST_TEST(tot.bytes == 12u);
 }
+
+BOOST_AUTO_TEST_CASE(map_tensors_replaces_tensors_in_order_and_keeps_everything_else) {
+  dict d{{"a", tensor::zeros(dtype::f32, {1})},
+         {"n", list{1, "x", dict{{"b", tensor::zeros(dtype::i8, {2})}}}},
+         {"s", 2.5}};
+  std::vector<std::int64_t> seen;
+  auto out = map_tensors(d, [&](const tensor& t) {
+    seen.push_back(t.numel());
+    return tensor::zeros(dtype::u8, {static_cast<std::int64_t>(seen.size())});
+  });
+  BOOST_TEST((seen == std::vector<std::int64_t>{1, 2}));
+  BOOST_TEST((out.at("a").as_tensor().type() == dtype::u8));
+  BOOST_TEST(out.at("n").as_list()[2].as_dict().at("b").as_tensor().numel() == 2);
+  BOOST_TEST(out.at("n").as_list()[1].as_string() == "x");
+  BOOST_TEST(out.at("s").as_double() == 2.5);
+  BOOST_TEST((d.at("a").as_tensor().type() == dtype::f32));  // the source is untouched
+}

@@ -218,6 +218,10 @@ struct tensor_totals {
 };
 tensor_totals count_tensors(const dict& root);
 
+/// A copy of the tree (same keys, order and non-tensor values) with every tensor replaced by
+/// `fn(tensor)`, called in depth-first key order (the order of for_each_tensor).
+dict map_tensors(const dict& root, const std::function<tensor(const tensor&)>& fn);
+
 /// A deep copy whose tensors all own private copies of their bytes.
 dict deep_clone(const dict& root);
 
