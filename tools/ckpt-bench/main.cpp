@@ -140,6 +140,16 @@ struct figure {
   std::string target;
   status st = status::info;
   std::string note;
+
+  /// Ratio of the value's median to the baseline's, met when at least `min_ratio`.
+  void at_least(double min_ratio) {
+    ratio = value.median / baseline.median;
+    has_ratio = true;
+    char t[32];
+    std::snprintf(t, sizeof t, ">= %gx", min_ratio);
+    target = t;
+    st = ratio >= min_ratio ? status::met : status::missed;
+  }
 };
 
 std::string fmt(double v, unit u) {
@@ -794,10 +804,7 @@ class bench {
     f.value = summarize(shm);
     f.baseline_label = "plain memcpy, " + std::to_string(threads_) + " threads, into faulted memory";
     f.baseline = summarize(base);
-    f.ratio = f.value.median / f.baseline.median;
-    f.has_ratio = true;
-    f.target = ">= 0.9x";
-    f.st = f.ratio >= 0.9 ? status::met : status::missed;
+    f.at_least(0.9);
     add(f);
   }
 
@@ -832,10 +839,7 @@ class bench {
     f.value = summarize(shm);
     f.baseline_label = "memcpy, " + std::to_string(threads_) + " threads, into fresh shared memory";
     f.baseline = summarize(base);
-    f.ratio = f.value.median / f.baseline.median;
-    f.has_ratio = true;
-    f.target = ">= 0.9x";
-    f.st = f.ratio >= 0.9 ? status::met : status::missed;
+    f.at_least(0.9);
     add(f);
 
     figure g;
@@ -885,10 +889,7 @@ class bench {
     f.value = summarize(shm);
     f.baseline_label = "raw durable write, best of buffered+fsync and O_DIRECT";
     f.baseline = summarize(best);
-    f.ratio = f.value.median / f.baseline.median;
-    f.has_ratio = true;
-    f.target = ">= 0.9x";
-    f.st = f.ratio >= 0.9 ? status::met : status::missed;
+    f.at_least(0.9);
     char note[160];
     std::snprintf(note, sizeof note, "buffered+fsync %s, O_DIRECT %s",
                   fmt_stats(summarize(buffered), unit::bytes_per_second).c_str(),
@@ -1016,10 +1017,7 @@ class bench {
     f.value = summarize(shm);
     f.baseline_label = "read() of the same file, one new[] per tensor";
     f.baseline = summarize(base);
-    f.ratio = f.value.median / f.baseline.median;
-    f.has_ratio = true;
-    f.target = ">= 0.9x";
-    f.st = f.ratio >= 0.9 ? status::met : status::missed;
+    f.at_least(0.9);
     f.note = "read() into one fresh mmap'd buffer: " + fmt_stats(summarize(base_one), unit::bytes_per_second);
     add(f);
 
