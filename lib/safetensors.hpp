@@ -66,7 +66,8 @@ std::string quote_name(std::string_view name);
 std::string shape_string(const std::vector<std::int64_t>& shape);
 
 /// The natural alignment of `t`'s elements in bytes (1 for the packed sub-byte types, 8 at most).
-/// The writer orders the data section by it; the reader copies tensors that miss it.
+/// The reader copies tensors that miss it; the writer orders the data section by element size,
+/// packed sub-byte types last.
 std::size_t element_alignment(dtype t) noexcept;
 
 // ---- writing ---------------------------------------------------------------------------------
