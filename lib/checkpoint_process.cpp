@@ -614,22 +614,25 @@ struct checkpoint_process::impl {
   }
 
   // Whether every tensor in the tree already lies in the segment (no allocation: this runs in
-  // the caller of write()).
-  bool all_shared(const value& v) const {
+  // the caller of write()). A tree deeper than the limit answers false, so that it takes the
+  // copying path, whose walk rejects it with the path named.
+  bool all_shared(const value& v, std::size_t level) const {
     switch (v.type()) {
       case kind::tensor: return seg.contains(v.as_tensor().data(), v.as_tensor().nbytes());
-      case kind::dict: return all_shared(v.as_dict());
+      case kind::dict: return all_shared(v.as_dict(), level + 1);
       case kind::list:
       case kind::tuple:
+        if (level + 1 > max_nesting_depth) return false;
         for (const auto& e : v.as_sequence())
-          if (!all_shared(e)) return false;
+          if (!all_shared(e, level + 1)) return false;
         return true;
       default: return true;
     }
   }
-  bool all_shared(const dict& d) const {
+  bool all_shared(const dict& d, std::size_t level = 1) const {
+    if (level > max_nesting_depth) return false;
     for (const auto& [k, v] : d)
-      if (!all_shared(v)) return false;
+      if (!all_shared(v, level)) return false;
     return true;
   }
 

@@ -374,7 +374,7 @@ std::vector<std::byte> encode_write(const std::string& path, const state_dict& s
   byte_writer w;
   w.put_string(path);
   w.put_kwargs(kw);
-  encode_dict(w, sd, offset_of, 0);
+  encode_dict(w, sd, offset_of, 1);  // the root dict is level 1
   return w.take();
 }
 
@@ -385,7 +385,7 @@ write_request decode_write(std::span<const std::byte> payload, const resolve_fun
   if (out.path.empty()) fail("checkpoint path is empty");
   if (out.path.find('\0') != std::string::npos) fail("checkpoint path contains a NUL byte");
   out.kw = r.get_kwargs("write kwargs");
-  out.state = decode_dict(r, resolve, 0);
+  out.state = decode_dict(r, resolve, 1);
   r.expect_end("WRITE_CHECKPOINT payload");
   return out;
 }

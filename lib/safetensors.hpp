@@ -40,7 +40,7 @@ namespace shmckpt::detail {
 /// Largest JSON header accepted (bytes), checked before allocating or parsing.
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 /// Deepest state-dict nesting (dicts and lists, the root dict counting as 1).
-inline constexpr std::size_t max_tree_depth = 64;
+inline constexpr std::size_t max_tree_depth = max_nesting_depth;
 /// Most dimensions a tensor may have.
 inline constexpr std::size_t max_tensor_rank = 1024;
 

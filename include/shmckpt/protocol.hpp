@@ -37,8 +37,9 @@ inline constexpr std::uint16_t protocol_version = 2;  // 2: int-keyed dict and t
 inline constexpr std::size_t header_size = 24;
 /// Largest payload either side accepts (a descriptor of ~10 million tensors).
 inline constexpr std::uint32_t max_payload_bytes = 512u << 20;
-/// Deepest nesting of dicts and lists a descriptor may have.
-inline constexpr std::size_t max_depth = 128;
+/// Deepest nesting of dicts, lists and tuples a descriptor may have (the root dict is level 1):
+/// the state dict's own limit, so the parent refuses before sending what the child would refuse.
+inline constexpr std::size_t max_depth = max_nesting_depth;
 /// Longest string (key, value, path, message) a payload may carry.
 inline constexpr std::uint32_t max_string_bytes = 16u << 20;
 /// Most values (dict entries, list items, leaves) one descriptor may hold: bounds the memory a
