@@ -2,7 +2,15 @@
 #define BOOST_TEST_MODULE reader_test
 #include <boost/test/unit_test.hpp>
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <functional>
+#include <future>
 #include <random>
 
 #include "hostile/hostile_files.hpp"
@@ -239,6 +247,68 @@ BOOST_AUTO_TEST_CASE(something_other_than_a_regular_file_gives_io_error) {
       expect_error(errc::io_error, {"checkpoint_0.safetensors", "not a regular file"}));
   BOOST_CHECK_EXCEPTION(list_entries("/dev/null"), error,
                         expect_error(errc::io_error, {"/dev/null", "not a regular file"}));
+}
+
+// A FIFO, a socket or a device named like a checkpoint: every reading call answers io_error at
+// once instead of blocking in open() (a FIFO) or reading a device. Should a call block anyway,
+// the watchdog opens the FIFO's other end, which releases it, and the case fails.
+BOOST_AUTO_TEST_CASE(fifos_sockets_and_devices_give_io_error_without_blocking) {
+  scratch_dir dir("reader");
+  fs::path fifo_dir = dir / "fifo", sock_dir = dir / "sock", dev_dir = dir / "dev";
+  for (const auto& d : {fifo_dir, sock_dir, dev_dir}) fs::create_directory(d);
+  fs::path fifo = fifo_dir / "checkpoint_0.safetensors";
+  BOOST_TEST_REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  fs::path sock = sock_dir / "checkpoint_0.safetensors";
+  int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  BOOST_TEST_REQUIRE(sock.string().size() < sizeof addr.sun_path);
+  std::strcpy(addr.sun_path, sock.c_str());
+  BOOST_TEST_REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  fs::create_symlink("/dev/zero", dev_dir / "checkpoint_0.safetensors");
+
+  struct target {
+    fs::path dir;
+    std::string type;
+  };
+  for (const auto& t : {target{fifo_dir, "a FIFO"}, target{sock_dir, "a socket"},
+                        target{dev_dir, "a character device"}}) {
+    fs::path file = t.dir / "checkpoint_0.safetensors";
+    std::vector<std::pair<std::string, std::function<void()>>> calls{
+        {"read", [&] { read(file); }},
+        {"read(dir)", [&] { read(t.dir, {.allow_incomplete = true}); }},
+        {"read_into", [&] {
+           state_dict tmpl{{"w", tensor::zeros(dtype::f32, {2})}};
+           read_into(file, tmpl);
+         }},
+        {"list_entries", [&] { list_entries(file); }},
+        {"check_checksums", [&] { check_checksums(file); }},
+    };
+    for (auto& [name, call] : calls) {
+      BOOST_TEST_CONTEXT(t.type << ", " << name) {
+        auto done = std::async(std::launch::async, [&] {
+          try {
+            call();
+            return std::string("no error");
+          } catch (const error& e) {
+            return std::string(e.kind() == errc::io_error ? "io_error: " : "other: ") + e.what();
+          }
+        });
+        if (done.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+          int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);  // release the blocked open()
+          BOOST_ERROR("blocked for 5 s");
+          done.wait();
+          if (w >= 0) ::close(w);
+          continue;
+        }
+        std::string what = done.get();
+        BOOST_TEST(what.starts_with("io_error: "), what);
+        BOOST_TEST(what.find("is " + t.type + ", not a regular file") != std::string::npos, what);
+        BOOST_TEST(what.find("checkpoint_0.safetensors") != std::string::npos, what);
+      }
+    }
+  }
+  ::close(s);
 }
 
 BOOST_AUTO_TEST_CASE(hostile_files_are_rejected_as_corrupt_data_naming_file_and_field) {
