@@ -188,7 +188,11 @@ struct checkpoint_process::impl {
   explicit impl(checkpoint_process_options o) : opts(std::move(o)) {}
 
   checkpoint_process_options opts;
-  segment seg = segment::create(opts.segment_bytes, opts.prefault);
+  segment seg = segment::create(segment_options{
+      .initial_bytes = opts.segment_bytes ? std::min(opts.initial_segment_bytes, opts.segment_bytes)
+                                          : opts.initial_segment_bytes,
+      .max_bytes = opts.segment_bytes,
+      .prefault = opts.prefault});
 
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);

@@ -71,12 +71,16 @@ struct checkpoint_process_options {
   kwargs writer_args;
   /// This trainer's rank; passed to the writer factory.
   rank_info rank;
-  /// Size of the shared segment. Every tensor of one write that is not already shared, plus all
-  /// tensors made with make_tensor(), must fit. Reserved up front: creation fails at once with a
-  /// clear error when the memory is not there.
-  std::size_t segment_bytes = std::size_t{256} << 20;
-  /// Fault every page of the segment in at creation, so copies into it run at memcpy speed
-  /// instead of page-fault speed (about 7× slower on first touch).
+  /// The most the shared segment may grow to; 0 (the default): no cap but the memory available.
+  /// The segment sizes itself: it starts at initial_segment_bytes and grows by what a write, a
+  /// staging generation or make_tensor() needs (no copy, no address moves; see segment.hpp).
+  /// Running out of memory is error(no_space) naming the bytes asked and available.
+  std::size_t segment_bytes = 0;
+  /// What the segment holds from the start (reserved and prefaulted at creation, so the first
+  /// checkpoint of a state dict this small pays no growth). Clipped to segment_bytes when set.
+  std::size_t initial_segment_bytes = std::size_t{64} << 20;
+  /// Fault every page of the segment in when it is created or grows, so copies into it run at
+  /// memcpy speed instead of page-fault speed (about 7× slower on first touch).
   bool prefault = true;
 };
 
@@ -123,7 +127,7 @@ class checkpoint_process {
   /// Whether `t`'s bytes lie inside this process's shared segment.
   bool is_shared(const tensor& t) const noexcept;
 
-  /// Bytes of the segment not currently allocated.
+  /// Bytes of the segment not currently allocated (before any further growth).
   std::size_t segment_free_bytes() const;
 
   /// The child's pid (for diagnostics and tests).
