@@ -6,12 +6,12 @@
 // temporary file removed), and exits the process if the loop has not finished shortly after.
 // SIGTERM (also delivered as the parent-death signal set at spawn) raises the same flag.
 //
-// Progress. While a write is served, the worker installs a progress reporter (progress.hpp):
-// the writer's data loop and the commit barrier call it, and it sends PROGRESS frames for the
-// request being served, at most one per `progress_interval`. Every frame the child sends (each
-// RESPONSE and PROGRESS) goes through `send_frame` under `send_lock_`, whichever thread calls it,
-// so frames never interleave on the socket, and a PROGRESS for a request never follows its
-// RESPONSE.
+// Progress. The worker installs a progress reporter (progress.hpp) for the life of its loop:
+// the writer's data loop and the commit barrier call it, and while a write is served it sends
+// PROGRESS frames for that request, at most one per `progress_interval`. Every frame the child
+// sends (each RESPONSE and PROGRESS) is written whole by `send_frame_locked` under `send_lock_`,
+// whichever thread calls it, so frames never interleave on the socket, and a PROGRESS for a
+// request never follows its RESPONSE.
 #include "shmckpt/worker.hpp"
 
 #include <poll.h>
@@ -65,8 +65,8 @@ constexpr auto parent_gone_grace = std::chrono::seconds(2);
 // At most one PROGRESS frame per interval: the parent's watchdog (progress_timeout, at least 1 s
 // and 300 s by default) needs one now and then, and ten ~100-byte frames a second cost nothing
 // next to a write at disk speed, while keeping the description the parent reports on a hang
-// at most 0.1 s old. The writer reports every 8 MiB chunk, i.e. up to ~1000 times a second on
-// fast storage: the limit keeps those reports from becoming syscalls.
+// at most 0.1 s old. The writer reports every 8 MiB chunk, i.e. over a hundred times a second on
+// fast storage: the limit keeps most of those from becoming syscalls.
 constexpr auto progress_interval = std::chrono::milliseconds(100);
 
 struct worker_args {
