@@ -33,6 +33,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -42,7 +43,6 @@
 #include <boost/asio/write.hpp>
 #include <boost/process/v2/default_launcher.hpp>
 #include <boost/process/v2/process.hpp>
-#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -279,11 +279,11 @@ void remove_dead_writers_temp_files(const std::filesystem::path& dir, int rank, 
 struct checkpoint_process::impl {
   explicit impl(checkpoint_process_options o) : opts(std::move(o)) {
     if (opts.progress_timeout < min_progress_timeout)
-      throw_error(errc::invalid_argument,
-                  "checkpoint_process_options::progress_timeout is " +
-                      seconds_text(opts.progress_timeout) + ", below the minimum of " +
-                      seconds_text(min_progress_timeout) +
-                      " (the child reports progress every 100 ms at most)");
+      throw_error(errc::invalid_argument, "checkpoint_process_options::progress_timeout is " +
+                                              seconds_text(opts.progress_timeout) +
+                                              ", below the minimum of " +
+                                              seconds_text(min_progress_timeout) +
+                                              " (the child reports progress every 100 ms at most)");
   }
 
   checkpoint_process_options opts;
@@ -302,7 +302,7 @@ struct checkpoint_process::impl {
   std::condition_variable cv;
   std::shared_ptr<child> cur;  // the current child (possibly lost, awaiting its replacement)
   std::vector<std::shared_ptr<child>> unreaped;  // lost without exiting; detached at close
-  bool restarting = false;      // a replacement child is being started
+  bool restarting = false;                       // a replacement child is being started
   std::exception_ptr final_error;  // no child will serve writes any more (failed start, closed)
   bool closing = false;     // close() began: no new writes
   bool stopping = false;    // submit thread must stop
@@ -329,11 +329,10 @@ struct checkpoint_process::impl {
     probe_pidfd();
     exe = find_worker(opts);
     if (::access(exe.c_str(), X_OK) != 0)
-      throw_error(errc::not_found,
-                  "checkpoint worker '" + exe.string() + "' is missing or not executable (" +
-                      std::strerror(errno) +
-                      "); install shmckpt-worker, set SHMCKPT_WORKER, or set "
-                      "checkpoint_process_options::worker_path");
+      throw_error(errc::not_found, "checkpoint worker '" + exe.string() +
+                                       "' is missing or not executable (" + std::strerror(errno) +
+                                       "); install shmckpt-worker, set SHMCKPT_WORKER, or set "
+                                       "checkpoint_process_options::worker_path");
     std::promise<void> spawned;
     auto spawned_f = spawned.get_future();
     // The promise moves into the thread: start() may return while set_value() is still running.
@@ -471,8 +470,8 @@ struct checkpoint_process::impl {
                       [this, c](boost::system::error_code e, std::size_t) {
                         if (e) {
                           c->outbox.clear();
-                          on_channel_broken(c, "writing to the control channel failed: " +
-                                                   e.message());
+                          on_channel_broken(
+                              c, "writing to the control channel failed: " + e.message());
                           return;
                         }
                         c->outbox.pop_front();
@@ -516,9 +515,8 @@ struct checkpoint_process::impl {
       if (std::chrono::steady_clock::now() >= next) {
         c->hang = "checkpoint child (pid " + std::to_string(c->pid) + ") made no progress for " +
                   seconds_text(opts.progress_timeout) + " while " +
-                  (c->activity.empty()
-                       ? "starting the write to '" + head->path.string() + "'"
-                       : "'" + c->activity + "'") +
+                  (c->activity.empty() ? "starting the write to '" + head->path.string() + "'"
+                                       : "'" + c->activity + "'") +
                   " and was killed";
       }
     }
@@ -529,52 +527,46 @@ struct checkpoint_process::impl {
   // ---- io thread: receiving -------------------------------------------------------------------
 
   void read_next(const std::shared_ptr<child>& c) {
-    asio::async_read(*c->sock, asio::buffer(c->rx_header),
-                     [this, c](boost::system::error_code e, std::size_t) {
-                       if (e) return on_channel_broken(c, "control channel closed: " + e.message());
-                       protocol::frame_header h;
-                       try {
-                         h = protocol::decode_header(c->rx_header);
-                         if (h.type != static_cast<std::uint16_t>(proto_type::response) &&
-                             h.type != static_cast<std::uint16_t>(proto_type::progress))
-                           throw_error(errc::protocol_error,
-                                       "checkpoint child sent a request frame, not a response");
-                       } catch (const error& err) {
-                         return on_protocol_violation(c, err.what());
-                       }
-                       const bool progress =
-                           h.type == static_cast<std::uint16_t>(proto_type::progress);
-                       if (h.payload_bytes >
-                           (progress ? max_progress_payload_bytes : max_response_bytes))
-                         return on_protocol_violation(
-                             c, std::string(progress ? "progress report" : "response") +
-                                    " claims " + std::to_string(h.payload_bytes) +
-                                    " payload bytes, more than one can hold");
-                       c->rx_payload.resize(h.payload_bytes);
-                       asio::async_read(
-                           *c->sock, asio::buffer(c->rx_payload),
-                           [this, c, id = h.request_id, progress](boost::system::error_code e2,
-                                                                  std::size_t) {
-                             if (e2)
-                               return on_channel_broken(c,
-                                                        "control channel closed: " + e2.message());
-                             std::string what;
-                             protocol::response r;
-                             try {
-                               if (progress)
-                                 what = protocol::decode_progress(c->rx_payload);
-                               else
-                                 r = protocol::decode_response(c->rx_payload);
-                             } catch (const error& err) {
-                               return on_protocol_violation(c, err.what());
-                             }
-                             if (progress)
-                               on_progress(c, id, std::move(what));
-                             else
-                               on_response(c, id, std::move(r));
-                             read_next(c);
-                           });
-                     });
+    asio::async_read(
+        *c->sock, asio::buffer(c->rx_header), [this, c](boost::system::error_code e, std::size_t) {
+          if (e) return on_channel_broken(c, "control channel closed: " + e.message());
+          protocol::frame_header h;
+          try {
+            h = protocol::decode_header(c->rx_header);
+            if (h.type != static_cast<std::uint16_t>(proto_type::response) &&
+                h.type != static_cast<std::uint16_t>(proto_type::progress))
+              throw_error(errc::protocol_error,
+                          "checkpoint child sent a request frame, not a response");
+          } catch (const error& err) {
+            return on_protocol_violation(c, err.what());
+          }
+          const bool progress = h.type == static_cast<std::uint16_t>(proto_type::progress);
+          if (h.payload_bytes > (progress ? max_progress_payload_bytes : max_response_bytes))
+            return on_protocol_violation(c, std::string(progress ? "progress report" : "response") +
+                                                " claims " + std::to_string(h.payload_bytes) +
+                                                " payload bytes, more than one can hold");
+          c->rx_payload.resize(h.payload_bytes);
+          asio::async_read(
+              *c->sock, asio::buffer(c->rx_payload),
+              [this, c, id = h.request_id, progress](boost::system::error_code e2, std::size_t) {
+                if (e2) return on_channel_broken(c, "control channel closed: " + e2.message());
+                std::string what;
+                protocol::response r;
+                try {
+                  if (progress)
+                    what = protocol::decode_progress(c->rx_payload);
+                  else
+                    r = protocol::decode_response(c->rx_payload);
+                } catch (const error& err) {
+                  return on_protocol_violation(c, err.what());
+                }
+                if (progress)
+                  on_progress(c, id, std::move(what));
+                else
+                  on_response(c, id, std::move(r));
+                read_next(c);
+              });
+        });
   }
 
   void on_progress(const std::shared_ptr<child>& c, std::uint64_t id, std::string what) {
@@ -594,10 +586,9 @@ struct checkpoint_process::impl {
     if (id == c->init_id) {
       if (!r.ok()) {
         c->init_timer.cancel();
-        fail_init(c, child_error(c->number == 1
-                                     ? "checkpoint subprocess failed to initialize: "
-                                     : "the replacement checkpoint subprocess failed to "
-                                       "initialize: "));
+        fail_init(c, child_error(c->number == 1 ? "checkpoint subprocess failed to initialize: "
+                                                : "the replacement checkpoint subprocess failed to "
+                                                  "initialize: "));
         kill_child(c);
       }
       return;
@@ -617,8 +608,8 @@ struct checkpoint_process::impl {
       auto it = in_flight.find(id);
       if (it == in_flight.end()) {
         // Not ours: the child is confused; treat as a broken channel.
-        return on_protocol_violation_locked(c, "response for unknown request id " +
-                                                   std::to_string(id));
+        return on_protocol_violation_locked(
+            c, "response for unknown request id " + std::to_string(id));
       }
       j = std::move(it->second);
       in_flight.erase(it);
@@ -682,8 +673,7 @@ struct checkpoint_process::impl {
       c->killed = true;
     }
     // Through the pidfd, so the signal can never reach a recycled pid.
-    if (!c->pidfd ||
-        ::syscall(SYS_pidfd_send_signal, c->pidfd.get(), SIGKILL, nullptr, 0) != 0) {
+    if (!c->pidfd || ::syscall(SYS_pidfd_send_signal, c->pidfd.get(), SIGKILL, nullptr, 0) != 0) {
       bp2::error_code ec;
       c->proc->terminate(ec);  // SIGKILL by pid; on_exit() reaps
     }
@@ -797,9 +787,9 @@ struct checkpoint_process::impl {
       }
       if (!c->ready && !final_error) {
         // It never completed its handshake: a failed start (or restart) is final.
-        final_error = std::make_exception_ptr(
-            error(code, (c->number == 1 ? "" : "the replacement checkpoint child failed to start: ") +
-                            cause));
+        final_error = std::make_exception_ptr(error(
+            code,
+            (c->number == 1 ? "" : "the replacement checkpoint child failed to start: ") + cause));
       }
       const bool replaceable = !closing && !final_error;
       bool head_done = false;
@@ -809,17 +799,17 @@ struct checkpoint_process::impl {
           head_done = true;
           failed.emplace_back(
               j, std::make_exception_ptr(error(
-                     code, cause + "; the checkpoint '" + j->path.string() + "' was not written" +
-                               (replaceable ? "; the next write starts a new checkpoint child"
-                                            : ""))));
+                     code,
+                     cause + "; the checkpoint '" + j->path.string() + "' was not written" +
+                         (replaceable ? "; the next write starts a new checkpoint child" : ""))));
         } else if (replaceable) {
           // Sent, but the child serves in order and never started it: the replacement will.
           j->encode_on_submit = true;
           j->frame.clear();
           back.push_back(j);
         } else {
-          failed.emplace_back(j, std::make_exception_ptr(
-                                     error(code, cause + "; pending checkpoints were not written")));
+          failed.emplace_back(j, std::make_exception_ptr(error(
+                                     code, cause + "; pending checkpoints were not written")));
         }
       }
       in_flight.clear();
@@ -842,9 +832,8 @@ struct checkpoint_process::impl {
       std::shared_ptr<job> j;
       {
         std::unique_lock lk(m);
-        cv.wait(lk, [&] {
-          return stopping || (!queue.empty() && (usable_locked() || final_error));
-        });
+        cv.wait(lk,
+                [&] { return stopping || (!queue.empty() && (usable_locked() || final_error)); });
         if (stopping && queue.empty()) return;
         if (queue.empty()) continue;
         j = queue.front();

@@ -150,10 +150,10 @@ BOOST_AUTO_TEST_CASE(a_dead_rank_fails_the_others_at_the_barrier_and_publishes_n
   auto gate = (dir / "gate").string();
   std::vector<std::shared_future<void>> writes;
   for (int r = 0; r < 4; ++r)
-    writes.push_back(ranks[r]
-                         ->save(dir / "step_2", state(2.0f, 2),
-                                r == 2 ? kwargs{{"gate", gate}} : kwargs{})
-                         .write);
+    writes.push_back(
+        ranks[r]
+            ->save(dir / "step_2", state(2.0f, 2), r == 2 ? kwargs{{"gate", gate}} : kwargs{})
+            .write);
   BOOST_TEST_REQUIRE(test::eventually([&] { return fs::exists(gate + ".waiting"); }));
   ::kill(ranks[2]->process().child_pid(), SIGKILL);
   expect_error([&] { writes[2].get(); }, errc::child_terminated,

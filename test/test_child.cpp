@@ -26,10 +26,10 @@
 #include <iostream>
 #include <thread>
 
+#include "progress.hpp"  // lib/: to intercept the default writer's progress reports
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/protocol.hpp"
-#include "progress.hpp"  // lib/: to intercept the default writer's progress reports
 #include "shmckpt/worker.hpp"
 
 namespace {
@@ -152,8 +152,7 @@ class progress_writer : public checkpoint_writer {
 class stall_writer : public checkpoint_writer {
  public:
   explicit stall_writer(const kwargs& args) : inner_(make_default_writer(args)) {}
-  void write(const state_dict& sd, const std::filesystem::path& path,
-             const kwargs& kw) override {
+  void write(const state_dict& sd, const std::filesystem::path& path, const kwargs& kw) override {
     auto worker_reporter = detail::set_progress_reporter({});
     detail::set_progress_reporter([worker_reporter, marker = path / "stalled"](std::string_view w) {
       if (worker_reporter) worker_reporter(w);
@@ -168,10 +167,10 @@ class stall_writer : public checkpoint_writer {
 };
 
 void register_all() {
-  register_writer_factory("progress", [](const kwargs&) {
-    return std::make_unique<progress_writer>();
-  });
-  register_writer_factory("stall", [](const kwargs& a) { return std::make_unique<stall_writer>(a); });
+  register_writer_factory("progress",
+                          [](const kwargs&) { return std::make_unique<progress_writer>(); });
+  register_writer_factory("stall",
+                          [](const kwargs& a) { return std::make_unique<stall_writer>(a); });
   register_writer_factory("gate", [](const kwargs& a) { return std::make_unique<gate_writer>(a); });
   register_writer_factory("fds", [](const kwargs&) { return std::make_unique<fd_list_writer>(); });
   register_init_function("sleep", [](const kwargs& a) {
