@@ -507,7 +507,7 @@ struct checkpoint_process::impl {
     {
       std::lock_guard g(m);
       const job* head = head_write_locked();
-      if (c->lost || c->killed || !head) {
+      if (c->lost || c->killed || c->exited || c->channel_broken || !head) {  // dying anyway
         c->watchdog_armed = false;
         return;
       }
