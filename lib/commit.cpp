@@ -374,6 +374,9 @@ class file_barrier final : public barrier {
   [[noreturn]] static void timed_out(const fs::path& dir, const fs::path& cdir, rank_info rank,
                                      std::chrono::milliseconds timeout,
                                      const std::map<int, std::string>& mismatch) {
+    // Ranks re-create an arrival that rank 0 cleared within one poll interval: give those in
+    // flight a moment, so that the message names only ranks that really never arrived.
+    if (rank.rank != 0) std::this_thread::sleep_for(2 * poll_max);
     std::set<int> present;
     for (auto& [r, t] : read_arrivals(cdir, rank.world_size))
       if (!mismatch.count(r)) present.insert(r);
