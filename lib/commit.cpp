@@ -310,7 +310,10 @@ class file_barrier final : public barrier {
             continue;
           }
           auto& c = checked[r];
-          if (c.first != it->second) c = {it->second, check_arrival(dir, r, it->second, mismatch)};
+          // A new arrival is checked once; one that did not match is checked again each poll
+          // (its rank may be re-sending it, or the filesystem may lag behind a rename).
+          if (c.first != it->second || !c.second)
+            c = {it->second, check_arrival(dir, r, it->second, mismatch)};
           if (c.second)
             all.push_back(*c.second);
           else
