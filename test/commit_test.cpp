@@ -17,12 +17,14 @@
 
 #include <boost/test/unit_test.hpp>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <utility>
 
 #include "shmckpt/checkpointer.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
+#include "progress.hpp"  // lib/: the seam through which the barrier reports progress
 #include "shmckpt/writer.hpp"
 #include "test_support.hpp"
 
@@ -499,4 +501,28 @@ BOOST_AUTO_TEST_CASE(manifest_errors_are_exact_and_checked_before_reading) {
   expect_error([&] { read_manifest(with_nul); }, errc::invalid_argument, "\\x00tail");
   BOOST_TEST(!is_complete(with_nul));
   expect_error([&] { ck.save(with_nul, state(1.0f, 1)); }, errc::invalid_argument, "\\x00tail");
+}
+
+BOOST_AUTO_TEST_CASE(waiting_at_the_barrier_reports_progress_naming_what_it_waits_for) {
+  temp_dir dir;
+  std::mutex m;
+  std::vector<std::string> seen;
+  auto previous = detail::set_progress_reporter([&](std::string_view what) {
+    std::lock_guard g(m);
+    seen.emplace_back(what);
+  });
+  checkpointer_config c;
+  c.commit_timeout = 300ms;
+  // Rank 0 of 3 alone waits for ranks 1 and 2; rank 1 of 2 alone waits for the manifest.
+  expect_error([&] { sync_checkpointer(c, rank_info{0, 3}).save(dir / "a", state(1.0f, 1)); },
+               errc::timeout, "rank(s) 1, 2 of 3 never arrived");
+  expect_error([&] { sync_checkpointer(c, rank_info{1, 2}).save(dir / "b", state(1.0f, 1)); },
+               errc::timeout, "rank(s) 0 of 2 never arrived");
+  detail::set_progress_reporter(std::move(previous));
+  auto has = [&](const std::string& text) {
+    return std::find(seen.begin(), seen.end(), text) != seen.end();
+  };
+  BOOST_TEST(has("waiting at the commit barrier of " + (dir / "a").string() + " for rank(s) 1, 2"));
+  BOOST_TEST(has("waiting at the commit barrier of " + (dir / "b").string() +
+                 " for rank 0 to publish the manifest"));
 }
