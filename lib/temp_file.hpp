@@ -105,4 +105,14 @@ inline bool remove_if_stale(const std::filesystem::path& p) {
   return ::unlink(p.c_str()) == 0;  // while holding the lock: see the race note above
 }
 
+/// Removes the stale temporary files of `name` (`.<name>.tmp.*`) in `dir`; returns how many.
+inline std::size_t remove_stale_temps_of(const std::filesystem::path& dir, std::string_view name) {
+  const std::string prefix = temp_prefix(name);
+  std::size_t removed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.path().filename().string().starts_with(prefix) && remove_if_stale(e.path())) ++removed;
+  return removed;
+}
+
 }  // namespace shmckpt::detail

@@ -288,9 +288,12 @@ class default_writer final : public checkpoint_writer {
     if (ec)
       throw_error(ec.value() == ENOSPC || ec.value() == EDQUOT ? errc::no_space : errc::io_error,
                   "cannot create checkpoint directory '" + path.string() + "': " + ec.message());
+    // What dead writers of this rank's file (and rank 0: of the manifest) left here. Only one's
+    // own names: where locks are local to a host (NFS mounted nolock), another host's live
+    // writer would look dead.
+    detail::remove_stale_temps_of(path, checkpoint_file_path(path, rank_.rank).filename().string());
     if (rank_.rank == 0) {
-      // What dead writers of earlier saves left here (temp_file.hpp tells them from live ones).
-      remove_stale_temp_files(path);
+      detail::remove_stale_temps_of(path, manifest_name);
       // Re-saving into a directory: it is incomplete until the new manifest is published.
       if (had_manifest && ::unlink((path / manifest_name).c_str()) != 0 && errno != ENOENT)
         throw_error(errc::io_error, "cannot retire the old manifest in '" + path.string() +

@@ -35,8 +35,11 @@
 // Lustre forward to their lock managers) on its `.<name>.tmp.<pid>.<n>` file for as long as it
 // writes it. A temporary file whose lock can be taken belongs to a writer that is gone (killed,
 // crashed, its host dead): remove_stale_temp_files, keep_last and the next save into the
-// directory remove it. The lock, not the pid, decides: on a shared filesystem the pid may be
-// another host's.
+// directory (each rank its own file's, rank 0 also the manifest's) remove it. The lock, not the
+// pid, decides: on a shared filesystem the pid may be another host's. Where locks are local to
+// each host (NFS mounted `nolock`, Lustre `localflock`) a live writer on another host looks
+// dead; saves therefore only clean their own names, and keep_last only directories it would
+// otherwise keep complete or delete as old.
 #pragma once
 
 #include <chrono>
