@@ -10,11 +10,10 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "progress.hpp"
