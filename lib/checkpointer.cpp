@@ -49,6 +49,7 @@ kwargs writer_args_for(const checkpointer_config& c, rank_info rank) {
   args["rank"] = std::to_string(rank.rank);
   args["world_size"] = std::to_string(rank.world_size);
   args["commit_timeout_ms"] = std::to_string(c.commit_timeout.count());
+  if (c.on_existing == existing_checkpoint::overwrite) args["overwrite"] = "true";
   return args;
 }
 

@@ -1,6 +1,7 @@
 #include "shmckpt/commit.hpp"
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -9,14 +10,15 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <thread>
 
+#include "progress.hpp"
 #include "shmckpt/error.hpp"
+#include "temp_file.hpp"
 #include "util.hpp"
 
 namespace shmckpt {
@@ -31,9 +33,15 @@ constexpr const char* commit_dir = ".commit";
 // Polling the shared filesystem: start fast for a local disk, back off to spare NFS servers.
 constexpr auto poll_first = 2ms;
 constexpr auto poll_max = 200ms;
+// A manifest lists one small entry per rank; anything near this is not one of ours.
+constexpr std::uint64_t manifest_cap = 64u << 20;
+constexpr int max_world_size = 1 << 20;
 
-[[noreturn]] void os_fail(const std::string& what, const fs::path& p) {
-  throw_error(errc::io_error, what + " '" + p.string() + "': " + std::strerror(errno));
+[[noreturn]] void os_fail(const std::string& what, const fs::path& p, int err = errno) {
+  if (err == ENOSPC || err == EDQUOT)
+    throw_error(errc::no_space, what + " '" + p.string() + "': " + std::strerror(err) +
+                                    " (free space on that filesystem, then save again)");
+  throw_error(errc::io_error, what + " '" + p.string() + "': " + std::strerror(err));
 }
 
 void fsync_path(const fs::path& p, bool directory) {
@@ -42,133 +50,353 @@ void fsync_path(const fs::path& p, bool directory) {
   if (::fsync(fd.get()) != 0) os_fail("cannot fsync", p);
 }
 
-// Writes `text` to `target` atomically and durably.
-void publish_file(const fs::path& target, const std::string& text) {
-  auto tmp = target;
-  tmp += ".tmp." + std::to_string(::getpid());
-  {
-    unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!fd) os_fail("cannot create", tmp);
-    std::size_t off = 0;
-    while (off < text.size()) {
-      ssize_t n = ::write(fd.get(), text.data() + off, text.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        int e = errno;
-        ::unlink(tmp.c_str());
-        errno = e;
-        os_fail("cannot write", tmp);
-      }
-      off += static_cast<std::size_t>(n);
-    }
-    if (::fsync(fd.get()) != 0) {
-      ::unlink(tmp.c_str());
-      os_fail("cannot fsync", tmp);
-    }
+// Writes `text` to `target` atomically and durably, through a locked temporary file
+// (temp_file.hpp). With `enoent_ok`, a directory that vanished meanwhile (a .commit/ that
+// rank 0 removed or cleared) makes it return false instead of throwing.
+bool publish_file(const fs::path& target, const std::string& text, bool enoent_ok = false) {
+  fs::path tmp;
+  unique_fd fd = detail::create_locked_temp(target.parent_path(), target.filename().string(), tmp);
+  if (!fd) {
+    if (enoent_ok && errno == ENOENT) return false;
+    os_fail("cannot create", tmp);
   }
-  if (::rename(tmp.c_str(), target.c_str()) != 0) {
+  auto fail = [&](const char* what, const fs::path& p) {
     int e = errno;
     ::unlink(tmp.c_str());
-    errno = e;
-    os_fail("cannot rename into place", target);
+    if (enoent_ok && e == ENOENT) return false;
+    os_fail(what, p, e);
+  };
+  std::size_t off = 0;
+  while (off < text.size()) {
+    ssize_t n = ::write(fd.get(), text.data() + off, text.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;
+      return fail("cannot write", tmp);
+    }
+    off += static_cast<std::size_t>(n);
   }
+  if (::fsync(fd.get()) != 0) return fail("cannot fsync", tmp);
+  // The lock (on `fd`) covers the rename; it ends when fd closes at return.
+  if (::rename(tmp.c_str(), target.c_str()) != 0) return fail("cannot rename into place", target);
   fsync_path(target.parent_path(), true);
+  return true;
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// Reads a small file whole, refusing (before reading) one larger than `cap`.
+std::optional<std::string> slurp(const fs::path& p, std::uint64_t cap, const char* what) {
+  unique_fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT) return std::nullopt;
+    os_fail(std::string("cannot open ") + what, p);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) os_fail(std::string("cannot stat ") + what, p);
+  if (!S_ISREG(st.st_mode))
+    throw_error(errc::corrupt_data, std::string(what) + " '" + p.string() + "' is not a regular file");
+  if (static_cast<std::uint64_t>(st.st_size) > cap)
+    throw_error(errc::corrupt_data, std::string(what) + " '" + p.string() + "' is " +
+                                        std::to_string(st.st_size) + " bytes, more than the " +
+                                        std::to_string(cap) + " bytes one can be");
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) os_fail(std::string("cannot read ") + what, p);
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > cap)  // grew while read
+      throw_error(errc::corrupt_data, std::string(what) + " '" + p.string() +
+                                          "' grew past " + std::to_string(cap) + " bytes");
+  }
+  return text;
+}
+
+// ---- JSON without Boost's exception texts (they carry source locations) ----------------------
+
+struct json_fail : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+json::value parse_json(const std::string& text) {
+  boost::system::error_code ec;
+  json::value v = json::parse(text, ec);
+  if (ec) throw json_fail("not valid JSON (" + ec.message() + ")");
+  return v;
+}
+
+const json::object& as_object(const json::value& v, const char* what) {
+  if (!v.is_object()) throw json_fail(std::string(what) + " is not a JSON object");
+  return v.get_object();
+}
+
+const json::value& field(const json::object& o, const char* key) {
+  const json::value* v = o.if_contains(key);
+  if (!v) throw json_fail(std::string("field '") + key + "' is missing");
+  return *v;
+}
+
+std::int64_t int_field(const json::object& o, const char* key) {
+  const json::value& v = field(o, key);
+  boost::system::error_code ec;
+  auto n = v.is_number() ? v.to_number<std::int64_t>(ec) : 0;
+  if (!v.is_number() || ec)
+    throw json_fail(std::string("field '") + key + "' is not an integer that fits 64 bits (" +
+                    json::serialize(v).substr(0, 64) + ")");
+  return n;
+}
+
+std::uint64_t uint_field(const json::object& o, const char* key) {
+  const json::value& v = field(o, key);
+  boost::system::error_code ec;
+  auto n = v.is_number() ? v.to_number<std::uint64_t>(ec) : 0;
+  if (!v.is_number() || ec)
+    throw json_fail(std::string("field '") + key + "' is not a non-negative 64-bit integer (" +
+                    json::serialize(v).substr(0, 64) + ")");
+  return n;
+}
+
+std::string string_field(const json::object& o, const char* key) {
+  const json::value& v = field(o, key);
+  if (!v.is_string()) throw json_fail(std::string("field '") + key + "' is not a string");
+  return std::string(v.get_string());
 }
 
 json::object to_json(const rank_file& r) {
-  return {{"rank", r.rank}, {"file", r.file}, {"bytes", r.bytes}, {"checksum", r.checksum}};
+  json::object o{{"rank", r.rank}, {"file", r.file}, {"bytes", r.bytes}, {"checksum", r.checksum}};
+  if (!r.round.empty()) o["round"] = r.round;
+  return o;
 }
 
 rank_file rank_file_from(const json::value& v, const std::string& where) {
   try {
-    const auto& o = v.as_object();
+    const auto& o = as_object(v, "a rank entry");
     rank_file r;
-    r.rank = static_cast<int>(o.at("rank").to_number<std::int64_t>());
-    r.file = std::string(o.at("file").as_string());
-    r.bytes = o.at("bytes").to_number<std::uint64_t>();
-    r.checksum = std::string(o.at("checksum").as_string());
-    if (r.file.empty() || r.file.find('/') != std::string::npos || r.file == "." ||
-        r.file == "..")
-      throw std::runtime_error("file name '" + r.file + "' is not a plain name");
+    auto rank = int_field(o, "rank");
+    if (rank < 0 || rank >= max_world_size)
+      throw json_fail("rank " + std::to_string(rank) + " is not valid");
+    r.rank = static_cast<int>(rank);
+    r.file = string_field(o, "file");
+    r.bytes = uint_field(o, "bytes");
+    r.checksum = string_field(o, "checksum");
+    if (o.if_contains("round")) r.round = string_field(o, "round");
+    if (r.file.empty() || r.file.find('/') != std::string::npos ||
+        r.file.find('\0') != std::string::npos || r.file == "." || r.file == "..")
+      throw json_fail("file name '" + printable_path(r.file) + "' is not a plain name");
     return r;
-  } catch (const std::exception& e) {
+  } catch (const json_fail& e) {
     throw error(errc::corrupt_data, where + ": malformed rank entry: " + e.what());
   }
 }
 
-std::string missing_ranks(const std::set<int>& present, int world) {
+std::string rank_list(const std::vector<int>& ranks) {
   std::string out;
-  int shown = 0, missing = 0;
+  std::size_t shown = 0;
+  for (int r : ranks) {
+    if (shown == 16) break;
+    out += (shown++ ? ", " : "") + std::to_string(r);
+  }
+  if (ranks.size() > shown) out += ", ... (" + std::to_string(ranks.size()) + " in all)";
+  return out;
+}
+
+std::vector<int> missing_ranks(const std::set<int>& present, int world) {
+  std::vector<int> out;
   for (int r = 0; r < world; ++r)
-    if (!present.count(r)) {
-      ++missing;
-      if (shown < 16) out += (shown++ ? ", " : "") + std::to_string(r);
+    if (!present.count(r)) out.push_back(r);
+  return out;
+}
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && s.size() < 10 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+std::string expected_file_name(int rank) {
+  return "checkpoint_" + std::to_string(rank) + ".safetensors";
+}
+
+// Whether `dir`'s manifest lists `me` (same file, size, checksum and round): the round `me`
+// belongs to is committed.
+bool manifest_lists(const fs::path& dir, const rank_file& me, int world_size) {
+  std::optional<manifest> m;
+  try {
+    m = read_manifest(dir);
+  } catch (const error&) {
+    return false;  // being replaced, or damaged: not ours
+  }
+  if (!m || m->world_size != world_size) return false;
+  return std::any_of(m->ranks.begin(), m->ranks.end(), [&](const rank_file& r) {
+    return r.rank == me.rank && r.file == me.file && r.bytes == me.bytes &&
+           r.checksum == me.checksum && r.round == me.round;
+  });
+}
+
+// The arrivals present in `cdir`, by rank (unparsed).
+std::map<int, std::string> read_arrivals(const fs::path& cdir, int world) {
+  std::map<int, std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(cdir, ec)) {
+    auto name = e.path().filename().string();
+    if (!all_digits(name)) continue;  // temporary files
+    int r = std::stoi(name);
+    if (r >= world) continue;
+    try {
+      if (auto text = slurp(e.path(), 1u << 20, "arrival")) out.emplace(r, std::move(*text));
+    } catch (const error&) {
+      // Replaced or removed while read (rename is atomic on POSIX; NFS may lag): next poll.
     }
-  if (missing > shown) out += ", ... (" + std::to_string(missing) + " in all)";
+  }
   return out;
 }
 
 class file_barrier final : public barrier {
  public:
-  std::vector<rank_file> arrive(const fs::path& dir, const rank_file& me, rank_info rank,
-                                std::chrono::milliseconds timeout) override {
+  void begin(const fs::path& dir, rank_info rank) override {
+    if (rank.rank != 0) return;
+    // Arrivals of earlier rounds must not count in this one. Ranks of this round that arrived
+    // before this point re-create theirs while they wait (see arrive).
     auto cdir = dir / commit_dir;
     std::error_code ec;
-    fs::create_directories(cdir, ec);
-    if (ec)
-      throw_error(errc::io_error, "cannot create the commit directory '" + cdir.string() +
-                                      "': " + ec.message());
-    publish_file(cdir / std::to_string(rank.rank), json::serialize(to_json(me)));
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto pause = std::chrono::milliseconds(poll_first);
+    for (const auto& e : fs::directory_iterator(cdir, ec)) {
+      auto name = e.path().filename().string();
+      if (!all_digits(name)) continue;
+      if (::unlink(e.path().c_str()) != 0 && errno != ENOENT)
+        os_fail("cannot clear the arrival of an earlier round", e.path());
+    }
+    remove_stale_temp_files(cdir);
+  }
+
+  std::vector<rank_file> arrive(const fs::path& dir, const rank_file& me, rank_info rank,
+                                std::chrono::milliseconds timeout) override {
+    if (rank.world_size == 1) return {me};
+    auto cdir = dir / commit_dir;
     const auto mine = cdir / std::to_string(rank.rank);
+    const std::string text = json::serialize(to_json(me));
+    auto publish = [&] {
+      std::error_code ec;
+      fs::create_directories(cdir, ec);
+      if (ec && !fs::is_directory(cdir))
+        os_fail("cannot create the commit directory", cdir, ec.value());
+      publish_file(mine, text, /*enoent_ok=*/true);  // removed meanwhile: next poll re-creates
+    };
+    publish();
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto pause = std::chrono::milliseconds(poll_first);
+    // Rank 0: what each arrival said and whether it matched the file on disk.
+    std::map<int, std::pair<std::string, std::optional<rank_file>>> checked;
+    std::map<int, std::string> mismatch;  // rank -> why its arrival was not accepted
     for (;;) {
-      // Rank 0 removes the arrivals once it has published the manifest: if ours is gone, the
-      // round is complete (the caller then checks the manifest for our file).
-      if (!fs::exists(mine, ec)) return {};
-      std::map<int, rank_file> seen;
-      for (const auto& e : fs::directory_iterator(cdir, ec)) {
-        auto name = e.path().filename().string();
-        if (name.find('.') != std::string::npos) continue;  // temporary files
-        int r = -1;
-        try {
-          r = std::stoi(name);
-        } catch (...) {
-          continue;
+      std::vector<int> waiting_for;
+      if (rank.rank != 0) {
+        if (manifest_lists(dir, me, rank.world_size)) {
+          // Our round is committed. Our arrival may have been re-created after rank 0 cleaned
+          // up; leave nothing behind.
+          if (auto t = slurp_quiet(mine); t && *t == text) ::unlink(mine.c_str());
+          ::rmdir(cdir.c_str());
+          return {};
         }
-        if (r < 0 || r >= rank.world_size) continue;
-        try {
-          seen.emplace(r, rank_file_from(json::parse(slurp(e.path())), e.path().string()));
-        } catch (const std::exception&) {
-          // Being written by another rank right now (rename is atomic on POSIX; NFS may lag).
+        std::error_code ec;
+        if (!fs::exists(mine, ec)) publish();  // cleared by rank 0 at the start of its save
+      } else {
+        auto arrivals = read_arrivals(cdir, rank.world_size);
+        std::vector<rank_file> all{me};
+        for (int r = 1; r < rank.world_size; ++r) {
+          auto it = arrivals.find(r);
+          if (it == arrivals.end()) {
+            waiting_for.push_back(r);
+            continue;
+          }
+          auto& c = checked[r];
+          // A new arrival is checked once; one that did not match is checked again each poll
+          // (its rank may be re-sending it, or the filesystem may lag behind a rename).
+          if (c.first != it->second || !c.second)
+            c = {it->second, check_arrival(dir, r, it->second, mismatch)};
+          if (c.second)
+            all.push_back(*c.second);
+          else
+            waiting_for.push_back(r);
         }
+        if (waiting_for.empty()) return all;
+        detail::report_progress("waiting at the commit barrier of " + dir.string() +
+                                " for rank(s) " + rank_list(waiting_for));
       }
-      if (static_cast<int>(seen.size()) == rank.world_size) {
-        std::vector<rank_file> out;
-        for (auto& [r, f] : seen) out.push_back(std::move(f));
-        return out;
-      }
-      if (std::chrono::steady_clock::now() >= deadline) {
-        std::set<int> present;
-        for (auto& [r, f] : seen) present.insert(r);
-        throw error(errc::timeout,
-                    "commit barrier in '" + dir.string() + "' timed out after " +
-                        std::to_string(timeout.count()) + " ms: rank(s) " +
-                        missing_ranks(present, rank.world_size) + " of " +
-                        std::to_string(rank.world_size) +
-                        " never arrived (their trainer or checkpoint child failed or is "
-                        "stuck); the checkpoint is incomplete and no manifest was published");
-      }
+      if (rank.rank != 0)
+        detail::report_progress("waiting at the commit barrier of " + dir.string() +
+                                " for rank 0 to publish the manifest");
+      if (std::chrono::steady_clock::now() >= deadline) timed_out(dir, cdir, rank, timeout, mismatch);
       std::this_thread::sleep_for(pause);  // polling a shared filesystem: no event to wait on
       pause = std::min<std::chrono::milliseconds>(pause * 2, poll_max);
     }
+  }
+
+ private:
+  static std::optional<std::string> slurp_quiet(const fs::path& p) {
+    try {
+      return slurp(p, 1u << 20, "arrival");
+    } catch (const error&) {
+      return std::nullopt;
+    }
+  }
+
+  // Rank 0: the arrival of rank `r`, if it describes the file on disk now.
+  static std::optional<rank_file> check_arrival(const fs::path& dir, int r, const std::string& text,
+                                                std::map<int, std::string>& mismatch) {
+    rank_file a;
+    try {
+      a = rank_file_from(parse_json(text), (dir / commit_dir / std::to_string(r)).string());
+    } catch (const std::exception& e) {
+      mismatch[r] = e.what();
+      return std::nullopt;
+    }
+    if (a.rank != r || a.file != expected_file_name(r)) {
+      mismatch[r] = "its arrival names rank " + std::to_string(a.rank) + " file '" +
+                    printable_path(a.file) + "'";
+      return std::nullopt;
+    }
+    rank_file disk;
+    try {
+      disk = describe_rank_file(dir, r);
+    } catch (const error& e) {
+      mismatch[r] = e.what();
+      return std::nullopt;
+    }
+    if (disk.bytes != a.bytes || disk.checksum != a.checksum) {
+      // An arrival whose file has since been replaced: not this round's (or not yet re-sent).
+      mismatch[r] = "its arrival says " + std::to_string(a.bytes) + " bytes " + a.checksum +
+                    ", the file on disk has " + std::to_string(disk.bytes) + " bytes " +
+                    disk.checksum;
+      return std::nullopt;
+    }
+    mismatch.erase(r);
+    return a;
+  }
+
+  [[noreturn]] static void timed_out(const fs::path& dir, const fs::path& cdir, rank_info rank,
+                                     std::chrono::milliseconds timeout,
+                                     const std::map<int, std::string>& mismatch) {
+    // Ranks re-create an arrival that rank 0 cleared within one poll interval: give those in
+    // flight a moment, so that the message names only ranks that really never arrived.
+    if (rank.rank != 0) std::this_thread::sleep_for(2 * poll_max);
+    std::set<int> present;
+    for (auto& [r, t] : read_arrivals(cdir, rank.world_size))
+      if (!mismatch.count(r)) present.insert(r);
+    present.insert(rank.rank);
+    auto missing = missing_ranks(present, rank.world_size);
+    std::string what = "commit barrier in '" + dir.string() + "' timed out after " +
+                       std::to_string(timeout.count()) + " ms: ";
+    if (!missing.empty())
+      what += "rank(s) " + rank_list(missing) + " of " + std::to_string(rank.world_size) +
+              " never arrived (their trainer or checkpoint child failed or is stuck)";
+    else
+      what += "every rank arrived but rank 0 did not publish the manifest (it failed or is "
+              "stuck)";
+    for (const auto& [r, why] : mismatch) {
+      what += "; rank " + std::to_string(r) + " was not counted: " + why;
+      break;  // one example is enough
+    }
+    throw error(errc::timeout, what + "; the checkpoint is incomplete and no manifest was published");
   }
 };
 
@@ -183,27 +411,62 @@ hook_registry& hooks() {
 
 }  // namespace
 
-rank_file describe_rank_file(const fs::path& dir, int rank) {
-  rank_file r;
-  r.rank = rank;
-  r.file = "checkpoint_" + std::to_string(rank) + ".safetensors";
-  auto p = dir / r.file;
+namespace {
+
+// Size and header checksum of `dir/file` ("xxh3:<16 hex>" of the 8-byte length and the header).
+std::pair<std::uint64_t, std::string> header_fingerprint(const fs::path& p) {
   unique_fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) os_fail("cannot open", p);
+  if (!fd) {
+    if (errno == ENOENT) throw_error(errc::not_found, "'" + p.string() + "': no such file");
+    os_fail("cannot open", p);
+  }
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) os_fail("cannot stat", p);
-  r.bytes = static_cast<std::uint64_t>(st.st_size);
+  auto bytes = static_cast<std::uint64_t>(st.st_size);
   std::uint64_t n = 0;
-  if (::pread(fd.get(), &n, 8, 0) != 8 || n > r.bytes - 8)
+  if (bytes < 8 || ::pread(fd.get(), &n, 8, 0) != 8 || n > bytes - 8)
     throw_error(errc::corrupt_data, "'" + p.string() + "' has no valid safetensors header");
   std::string header(static_cast<std::size_t>(n) + 8, '\0');
-  if (::pread(fd.get(), header.data(), header.size(), 0) != static_cast<ssize_t>(header.size()))
-    os_fail("cannot read the header of", p);
+  std::size_t off = 0;
+  while (off < header.size()) {
+    ssize_t r = ::pread(fd.get(), header.data() + off, header.size() - off,
+                        static_cast<off_t>(off));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) os_fail("cannot read the header of", p);
+    if (r == 0) throw_error(errc::corrupt_data, "'" + p.string() + "' ended within its header");
+    off += static_cast<std::size_t>(r);
+  }
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx",
                 static_cast<unsigned long long>(XXH3_64bits(header.data(), header.size())));
-  r.checksum = std::string("xxh3:") + hex;
+  return {bytes, std::string("xxh3:") + hex};
+}
+
+}  // namespace
+
+rank_file describe_rank_file(const fs::path& dir, int rank) {
+  reject_nul(dir, "checkpoint directory");
+  rank_file r;
+  r.rank = rank;
+  r.file = expected_file_name(rank);
+  std::tie(r.bytes, r.checksum) = header_fingerprint(dir / r.file);
   return r;
+}
+
+std::string new_round_token() {
+  unsigned char bytes[16];
+  std::size_t got = 0;
+  while (got < sizeof bytes) {
+    ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      throw_error(errc::unsupported, std::string("getrandom failed: ") + std::strerror(errno) +
+                                         "; a commit round needs a random token");
+    got += static_cast<std::size_t>(n);
+  }
+  char hex[33];
+  for (std::size_t i = 0; i < sizeof bytes; ++i) std::snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
+  return std::string(hex, 32);
 }
 
 std::unique_ptr<barrier> make_file_barrier() { return std::make_unique<file_barrier>(); }
@@ -234,10 +497,13 @@ void commit_checkpoint(const fs::path& dir, const rank_file& me, rank_info rank,
   if (rank.world_size < 1 || rank.rank < 0 || rank.rank >= rank.world_size)
     throw_error(errc::invalid_argument, "rank " + std::to_string(rank.rank) + " of world size " +
                                             std::to_string(rank.world_size) + " is not valid");
+  reject_nul(dir, "checkpoint directory");
   if (hook) hook->pre_commit(dir, kw);
   auto all = b.arrive(dir, me, rank, timeout);
   auto mpath = dir / manifest_name;
   if (rank.rank == 0) {
+    std::sort(all.begin(), all.end(),
+              [](const rank_file& a, const rank_file& c) { return a.rank < c.rank; });
     json::array ranks;
     for (const auto& r : all) ranks.push_back(to_json(r));
     json::object m{{"format", "shmckpt"},
@@ -248,24 +514,17 @@ void commit_checkpoint(const fs::path& dir, const rank_file& me, rank_info rank,
     std::error_code ec;
     fs::remove_all(dir / commit_dir, ec);  // best effort: the manifest is what counts
   } else {
-    // Complete means published: wait for rank 0's manifest of this very round.
+    // Complete means published: wait for rank 0's manifest of this very round (our token).
     auto deadline = std::chrono::steady_clock::now() + timeout;
     auto pause = std::chrono::milliseconds(poll_first);
-    for (;;) {
-      std::optional<manifest> m;
-      try {
-        m = read_manifest(dir);
-      } catch (const error&) {
-      }
-      if (m && m->world_size == rank.world_size &&
-          std::any_of(m->ranks.begin(), m->ranks.end(), [&](const rank_file& r) {
-            return r.rank == me.rank && r.checksum == me.checksum && r.bytes == me.bytes;
-          }))
-        break;
+    while (!manifest_lists(dir, me, rank.world_size)) {
       if (std::chrono::steady_clock::now() >= deadline)
         throw error(errc::timeout, "rank 0 did not publish the manifest of '" + dir.string() +
-                                       "' within " + std::to_string(timeout.count()) +
+                                       "' listing rank " + std::to_string(me.rank) +
+                                       "'s file of this round within " +
+                                       std::to_string(timeout.count()) +
                                        " ms; the checkpoint is incomplete");
+      detail::report_progress("waiting for rank 0 to publish the manifest of " + dir.string());
       std::this_thread::sleep_for(pause);
       pause = std::min<std::chrono::milliseconds>(pause * 2, poll_max);
     }
@@ -274,27 +533,29 @@ void commit_checkpoint(const fs::path& dir, const rank_file& me, rank_info rank,
 }
 
 std::optional<manifest> read_manifest(const fs::path& dir) {
+  reject_nul(dir, "checkpoint directory");
   auto p = dir / manifest_name;
-  std::error_code ec;
-  if (!fs::exists(p, ec)) return std::nullopt;
+  auto text = slurp(p, manifest_cap, "manifest");
+  if (!text) return std::nullopt;
   manifest m;
   try {
-    auto text = slurp(p);
-    if (text.size() > (64u << 20)) throw std::runtime_error("manifest larger than 64 MiB");
-    auto v = json::parse(text);
-    const auto& o = v.as_object();
-    if (o.at("format").as_string() != "shmckpt") throw std::runtime_error("not a shmckpt manifest");
-    m.format_version = static_cast<int>(o.at("format_version").to_number<std::int64_t>());
-    if (m.format_version != 1)
-      throw std::runtime_error("format_version " + std::to_string(m.format_version) +
-                               " is not supported (this release reads 1)");
-    m.world_size = static_cast<int>(o.at("world_size").to_number<std::int64_t>());
-    if (m.world_size < 1 || m.world_size > (1 << 20))
-      throw std::runtime_error("world_size " + std::to_string(m.world_size) + " is not valid");
-    for (const auto& r : o.at("ranks").as_array()) m.ranks.push_back(rank_file_from(r, p.string()));
-  } catch (const error&) {
-    throw;
-  } catch (const std::exception& e) {
+    auto v = parse_json(*text);
+    const auto& o = as_object(v, "the manifest");
+    if (field(o, "format") != json::value("shmckpt")) throw json_fail("not a shmckpt manifest");
+    auto version = int_field(o, "format_version");
+    if (version != 1)
+      throw json_fail("format_version " + std::to_string(version) +
+                      " is not supported (this release reads 1)");
+    m.format_version = 1;
+    auto world = int_field(o, "world_size");
+    if (world < 1 || world > max_world_size)
+      throw json_fail("world_size " + std::to_string(world) + " is not valid (1 to " +
+                      std::to_string(max_world_size) + ")");
+    m.world_size = static_cast<int>(world);
+    const auto& ranks = field(o, "ranks");
+    if (!ranks.is_array()) throw json_fail("field 'ranks' is not an array");
+    for (const auto& r : ranks.get_array()) m.ranks.push_back(rank_file_from(r, p.string()));
+  } catch (const json_fail& e) {
     throw error(errc::corrupt_data, "manifest '" + p.string() + "' is malformed: " + e.what());
   }
   std::sort(m.ranks.begin(), m.ranks.end(),
@@ -308,20 +569,77 @@ std::optional<manifest> read_manifest(const fs::path& dir) {
   return m;
 }
 
+manifest verify_checkpoint(const fs::path& dir) {
+  auto m = read_manifest(dir);
+  if (!m)
+    throw_error(errc::not_found,
+                "checkpoint '" + dir.string() + "' is incomplete: it has no " + manifest_name +
+                    " (a save failed or is still in progress)");
+  const std::string where = "checkpoint '" + dir.string() + "': ";
+  for (const auto& r : m->ranks) {
+    const std::string rank = "rank " + std::to_string(r.rank);
+    if (r.file != expected_file_name(r.rank))
+      throw_error(errc::corrupt_data, where + "the manifest names '" + printable_path(r.file) +
+                                          "' as " + rank + "'s file, not '" +
+                                          expected_file_name(r.rank) + "'");
+    std::pair<std::uint64_t, std::string> disk;
+    try {
+      disk = header_fingerprint(dir / r.file);
+    } catch (const error& e) {
+      if (e.kind() != errc::not_found) throw;
+      throw_error(errc::corrupt_data,
+                  where + "the manifest lists " + rank + "'s file '" + r.file +
+                      "', which does not exist");
+    }
+    if (disk.first != r.bytes)
+      throw_error(errc::corrupt_data, where + "the manifest says " + rank + "'s file '" + r.file +
+                                          "' has " + std::to_string(r.bytes) +
+                                          " bytes, the file has " + std::to_string(disk.first));
+    if (disk.second != r.checksum)
+      throw_error(errc::corrupt_data, where + "the manifest records header checksum " +
+                                          r.checksum + " for " + rank + "'s file '" + r.file +
+                                          "', the file's header has " + disk.second +
+                                          " (a file from another save)");
+  }
+  return *m;
+}
+
 bool is_complete(const fs::path& dir) {
-  std::optional<manifest> m;
   try {
-    m = read_manifest(dir);
+    verify_checkpoint(dir);
+    return true;
   } catch (const error&) {
     return false;
   }
-  if (!m) return false;
-  for (const auto& r : m->ranks) {
-    std::error_code ec;
-    auto size = fs::file_size(dir / r.file, ec);
-    if (ec || size != r.bytes) return false;
+}
+
+std::vector<temp_file_state> temp_files(const fs::path& dir) {
+  reject_nul(dir, "checkpoint directory");
+  std::vector<temp_file_state> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!detail::is_temp_name(e.path().filename().string()) || !e.is_regular_file(ec)) continue;
+    temp_file_state t;
+    t.path = e.path();
+    t.bytes = e.file_size(ec);
+    if (ec) continue;  // gone meanwhile
+    t.stale = detail::probe_temp(e.path()) == detail::temp_owner::gone;
+    out.push_back(std::move(t));
   }
-  return true;
+  std::sort(out.begin(), out.end(),
+            [](const temp_file_state& a, const temp_file_state& b) { return a.path < b.path; });
+  return out;
+}
+
+std::vector<fs::path> remove_stale_temp_files(const fs::path& dir) {
+  reject_nul(dir, "checkpoint directory");
+  std::vector<fs::path> removed;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (!detail::is_temp_name(e.path().filename().string())) continue;
+    if (detail::remove_if_stale(e.path())) removed.push_back(e.path());
+  }
+  return removed;
 }
 
 namespace {
@@ -343,12 +661,14 @@ std::vector<fs::path> complete_checkpoints(const fs::path& root) {
 }  // namespace
 
 std::optional<fs::path> latest_checkpoint(const fs::path& root) {
+  reject_nul(root, "checkpoint root");
   auto all = complete_checkpoints(root);
   if (all.empty()) return std::nullopt;
   return all.back();
 }
 
 std::vector<fs::path> keep_last(const fs::path& root, std::size_t keep) {
+  reject_nul(root, "checkpoint root");
   auto complete = complete_checkpoints(root);
   std::vector<fs::path> removed;
   if (complete.empty()) return removed;  // nothing known good: delete nothing
@@ -359,14 +679,21 @@ std::vector<fs::path> keep_last(const fs::path& root, std::size_t keep) {
     fs::remove_all(complete[i], ec);
     if (!ec) removed.push_back(complete[i]);
   }
-  // Incomplete directories that hold checkpoint files and predate the newest complete one are
-  // leftovers of failed saves. Newer ones may still be in progress: leave them.
+  // Incomplete directories that hold rank files (or a dead writer's temporary file) and predate
+  // the newest complete one are leftovers of failed saves. Newer ones may still be in progress:
+  // leave them, but remove what dead writers left in them.
   for (const auto& e : fs::directory_iterator(root, ec)) {
-    if (!e.is_directory(ec) || is_complete(e.path())) continue;
-    bool has_rank_file = false;
+    if (!e.is_directory(ec)) continue;
+    if (is_complete(e.path())) {
+      remove_stale_temp_files(e.path());
+      continue;
+    }
+    auto mtime = fs::last_write_time(e.path(), ec);  // before removing anything in it
+    if (ec) continue;
+    bool leftover = !remove_stale_temp_files(e.path()).empty();
     for (const auto& f : fs::directory_iterator(e.path(), ec))
-      if (f.path().filename().string().rfind("checkpoint_", 0) == 0) has_rank_file = true;
-    if (has_rank_file && fs::last_write_time(e.path(), ec) < newest_time) {
+      if (f.path().filename().string().rfind("checkpoint_", 0) == 0) leftover = true;
+    if (leftover && mtime < newest_time) {
       fs::remove_all(e.path(), ec);
       if (!ec) removed.push_back(e.path());
     }

@@ -84,6 +84,7 @@ struct checkpoint_file {
 };
 
 fs::path resolve(const fs::path& file_or_dir, int rank) {
+  reject_nul(file_or_dir, "checkpoint path");
   if (rank < 0)
     throw_error(errc::invalid_argument, "rank must be non-negative, not " + std::to_string(rank));
   std::error_code ec;
@@ -91,16 +92,28 @@ fs::path resolve(const fs::path& file_or_dir, int rank) {
   return file_or_dir;
 }
 
-// A directory is a checkpoint only once its manifest is published (commit.hpp).
+// A directory is a checkpoint only once its manifest is published and its rank files are the
+// ones the manifest lists (commit.hpp, verify_checkpoint: names, sizes, header checksums).
 fs::path resolve_complete(const fs::path& file_or_dir, int rank, bool allow_incomplete) {
   fs::path file = resolve(file_or_dir, rank);  // validates the rank first
   std::error_code ec;
-  if (!allow_incomplete && fs::is_directory(file_or_dir, ec) && !is_complete(file_or_dir))
-    throw_error(errc::not_found,
-                "checkpoint '" + file_or_dir.string() + "' is incomplete: it has no valid " +
-                    manifest_name +
-                    " (a save failed or is still in progress); load another checkpoint (see "
-                    "latest_checkpoint) or set allow_incomplete");
+  if (allow_incomplete || !fs::is_directory(file_or_dir, ec)) return file;
+  try {
+    verify_checkpoint(file_or_dir);
+  } catch (const error& e) {
+    if (e.kind() == errc::not_found)
+      throw_error(errc::not_found,
+                  "checkpoint '" + file_or_dir.string() + "' is incomplete: it has no valid " +
+                      manifest_name +
+                      " (a save failed or is still in progress); load another checkpoint (see "
+                      "latest_checkpoint) or set allow_incomplete");
+    if (e.kind() == errc::corrupt_data)
+      throw_error(errc::corrupt_data,
+                  std::string(e.what()) +
+                      "; the checkpoint is torn or damaged: load another checkpoint (see "
+                      "latest_checkpoint), or set allow_incomplete to read the files as they are");
+    throw;
+  }
   return file;
 }
 

@@ -4,8 +4,12 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <filesystem>
 #include <string>
 #include <utility>
+
+#include "shmckpt/error.hpp"
 
 namespace shmckpt {
 
@@ -46,6 +50,31 @@ inline std::string format_bytes(std::uint64_t n) {
   std::snprintf(buf, sizeof buf, "%.1f %s (%llu bytes)", v, units[u],
                 static_cast<unsigned long long>(n));
   return buf;
+}
+
+/// A path for an error message: control bytes (NUL among them, which would end what()) appear
+/// as \xNN, so the message shows the whole path.
+inline std::string printable_path(const std::filesystem::path& p) {
+  std::string out;
+  for (char c : p.native()) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+/// Throws error(invalid_argument) for a path holding a NUL byte: the OS would see only the part
+/// before it, a different path.
+inline void reject_nul(const std::filesystem::path& p, const char* what) {
+  if (p.native().find('\0') != std::string::npos)
+    throw_error(errc::invalid_argument, std::string(what) + " '" + printable_path(p) +
+                                            "' holds a NUL byte, which no file name can hold");
 }
 
 }  // namespace shmckpt

@@ -5,7 +5,8 @@
 //   1. plan the header (safetensors.cpp) — all validation of the tree happens here, before any
 //      file exists, so a state dict that cannot be written leaves no trace at all;
 //   2. create `.<name>.tmp.<pid>.<n>` beside the target with O_EXCL (never clobber a file that
-//      someone else is writing) and reserve the full size with fallocate, so a full disk fails
+//      someone else is writing), lock it (temp_file.hpp: the lock tells cleaners that its writer
+//      is alive, until the rename) and reserve the full size with fallocate, so a full disk fails
 //      at once with the bytes needed and free instead of after gigabytes of writing;
 //   3. write the data section straight from the tensors' memory — in the checkpoint child that
 //      memory is the shared segment, so no byte is copied in user space — with pwritev in
@@ -45,6 +46,7 @@
 #include "progress.hpp"
 #include "safetensors.hpp"
 #include "shmckpt/error.hpp"
+#include "temp_file.hpp"
 #include "util.hpp"
 
 namespace shmckpt {
@@ -55,8 +57,6 @@ namespace fs = std::filesystem;
 // Large enough that per-call overhead vanishes, small enough that a cancel is seen quickly.
 constexpr std::size_t chunk_bytes = std::size_t{8} << 20;
 constexpr std::size_t max_iovecs = IOV_MAX;
-
-std::atomic<std::uint64_t> temp_counter{0};
 
 std::string os_message(int err) { return std::system_category().message(err); }
 
@@ -93,22 +93,27 @@ class write_context {
   std::string label_;
 };
 
-// The temporary file: removed on destruction unless commit() was called after the rename.
+// The temporary file: removed on destruction unless commit() was called after the rename. Its
+// lock (temp_file.hpp) is held through a second descriptor until destruction, so it covers the
+// rename even after close() has reported the close errors of the first.
 class temp_file {
  public:
   temp_file(const write_context& ctx, const fs::path& target) {
-    path_ = ctx.directory() / ("." + target.filename().string() + ".tmp." +
-                               std::to_string(::getpid()) + "." +
-                               std::to_string(temp_counter.fetch_add(1)));
-    int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) ctx.os_failure("cannot create the temporary file", errno);
-    fd_.reset(fd);
+    fd_ = detail::create_locked_temp(ctx.directory(), target.filename().string(), path_);
+    if (!fd_) ctx.os_failure("cannot create the temporary file", errno);
+    lock_.reset(::fcntl(fd_.get(), F_DUPFD_CLOEXEC, 0));
+    if (!lock_) {
+      int err = errno;
+      ::unlink(path_.c_str());
+      ctx.os_failure("cannot duplicate the temporary file's descriptor", err);
+    }
   }
   temp_file(const temp_file&) = delete;
   temp_file& operator=(const temp_file&) = delete;
   ~temp_file() {
+    if (!committed_) ::unlink(path_.c_str());  // while still holding the lock
     fd_.reset();
-    if (!committed_) ::unlink(path_.c_str());
+    lock_.reset();
   }
 
   int fd() const noexcept { return fd_.get(); }
@@ -123,6 +128,7 @@ class temp_file {
  private:
   fs::path path_;
   unique_fd fd_;
+  unique_fd lock_;
   bool committed_ = false;
 };
 
@@ -246,6 +252,15 @@ int int_arg(const kwargs& args, const char* key, int fallback, int min) {
   return v;
 }
 
+bool bool_arg(const kwargs& args, const char* key, bool fallback) {
+  auto it = args.find(key);
+  if (it == args.end()) return fallback;
+  if (it->second == "true" || it->second == "1") return true;
+  if (it->second == "false" || it->second == "0") return false;
+  throw_error(errc::invalid_argument, std::string("default writer: argument '") + key + "' is '" +
+                                          it->second + "', not true, false, 1 or 0");
+}
+
 // Writes this rank's file, then commits the checkpoint across ranks (commit.hpp): the write
 // succeeds only once the manifest that includes this rank's file is published.
 class default_writer final : public checkpoint_writer {
@@ -258,35 +273,54 @@ class default_writer final : public checkpoint_writer {
                                               " is not below world_size " +
                                               std::to_string(rank_.world_size));
     timeout_ = std::chrono::milliseconds(int_arg(args, "commit_timeout_ms", 600000, 0));
+    overwrite_ = bool_arg(args, "overwrite", false);
     if (auto it = args.find("hook"); it != args.end() && !it->second.empty())
       hook_ = make_writer_hook(it->second, args);
     barrier_ = make_file_barrier();
   }
 
   void write(const state_dict& sd, const fs::path& path, const kwargs& kw) override {
+    reject_nul(path, "checkpoint directory");
+    const bool overwrite = overwrite_ || bool_arg(kw, "overwrite", false);
+    const std::string round = new_round_token();
+    // Before anything on disk changes: a complete checkpoint is not replaced unless asked.
     std::error_code ec;
+    const bool had_manifest = fs::exists(path / manifest_name, ec);
+    if (had_manifest && !overwrite && is_complete(path))
+      throw_error(errc::invalid_argument,
+                  "checkpoint directory '" + path.string() +
+                      "' already holds a complete checkpoint; save into a new directory, or "
+                      "pass overwrite=\"true\" (save kwarg or writer argument) to retire the old "
+                      "checkpoint when the save starts");
     fs::create_directories(path, ec);
     if (ec)
-      throw_error(errc::io_error,
+      throw_error(ec.value() == ENOSPC || ec.value() == EDQUOT ? errc::no_space : errc::io_error,
                   "cannot create checkpoint directory '" + path.string() + "': " + ec.message());
-    // Re-saving into a directory: it is incomplete until the new manifest is published.
-    if (rank_.rank == 0 && fs::exists(path / manifest_name, ec)) {
-      fs::remove(path / manifest_name, ec);
-      if (ec)
+    // What dead writers of this rank's file (and rank 0: of the manifest) left here. Only one's
+    // own names: where locks are local to a host (NFS mounted nolock), another host's live
+    // writer would look dead.
+    detail::remove_stale_temps_of(path, checkpoint_file_path(path, rank_.rank).filename().string());
+    if (rank_.rank == 0) {
+      detail::remove_stale_temps_of(path, manifest_name);
+      // Re-saving into a directory: it is incomplete until the new manifest is published.
+      if (had_manifest && ::unlink((path / manifest_name).c_str()) != 0 && errno != ENOENT)
         throw_error(errc::io_error, "cannot retire the old manifest in '" + path.string() +
-                                        "': " + ec.message());
+                                        "': " + os_message(errno));
     }
+    barrier_->begin(path, rank_);
     safetensors_write_options options;
     options.cancel = cancel_;
     write_safetensors(checkpoint_file_path(path, rank_.rank), sd, options);
-    commit_checkpoint(path, describe_rank_file(path, rank_.rank), rank_, *barrier_,
-                      hook_.get(), kw, timeout_);
+    rank_file me = describe_rank_file(path, rank_.rank);
+    me.round = round;
+    commit_checkpoint(path, me, rank_, *barrier_, hook_.get(), kw, timeout_);
   }
 
  private:
   rank_info rank_;
   const std::atomic<bool>* cancel_;
   std::chrono::milliseconds timeout_;
+  bool overwrite_ = false;
   std::unique_ptr<writer_hook> hook_;
   std::unique_ptr<barrier> barrier_;
 };
@@ -295,6 +329,7 @@ class default_writer final : public checkpoint_writer {
 
 void write_safetensors(const fs::path& file, const state_dict& sd,
                        const safetensors_write_options& options) {
+  reject_nul(file, "checkpoint path");
   if (file.filename().empty())
     throw_error(errc::invalid_argument,
                 "checkpoint path '" + file.string() + "' has no file name");

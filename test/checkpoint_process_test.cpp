@@ -1,6 +1,7 @@
 #define BOOST_TEST_MODULE checkpoint_process_test
 #include "shmckpt/checkpoint_process.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -339,9 +340,16 @@ BOOST_AUTO_TEST_CASE(a_child_killed_mid_write_leaves_no_temporary_file) {
   temp_dir dir;
   checkpoint_process proc(child_options("stall"));
   fs::create_directories(dir / "ckpt");
-  // Another writer's temporary file (pid 1 never dies) must survive the clean-up.
+  // Another live writer's temporary file (pid 1, and locked the way writers lock their temp
+  // files) must survive both clean-ups: the parent's and the next save's.
   auto foreign = dir / "ckpt" / ".checkpoint_0.safetensors.tmp.1.0";
   std::ofstream(foreign) << "not ours";
+  int held = ::open(foreign.c_str(), O_RDWR | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(held >= 0);
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  BOOST_TEST_REQUIRE(::fcntl(held, F_OFD_SETLK, &lk) == 0);
   auto f = proc.write(small_state(), dir / "ckpt");
   BOOST_TEST_REQUIRE(test::eventually([&] { return fs::exists(dir / "ckpt" / "stalled"); }));
   const int pid = proc.child_pid();
@@ -358,6 +366,7 @@ BOOST_AUTO_TEST_CASE(a_child_killed_mid_write_leaves_no_temporary_file) {
   BOOST_TEST(temp_files().empty());
   BOOST_TEST(fs::exists(foreign));
   BOOST_TEST(!fs::exists(dir / "ckpt" / "checkpoint_0.safetensors"));
+  ::close(held);
 }
 
 BOOST_AUTO_TEST_CASE(close_of_a_stopped_child_kills_it_and_fails_its_write) {

@@ -632,3 +632,55 @@ BOOST_AUTO_TEST_CASE(list_of_a_directory_reports_whether_its_manifest_makes_it_c
   BOOST_TEST(r.status == 0);  // still listed: inspecting a failed save is the point
   BOOST_TEST(r.out.find("manifest: none: INCOMPLETE") != std::string::npos, r.out);
 }
+
+BOOST_AUTO_TEST_CASE(list_and_verify_check_the_manifest_against_the_files_and_show_temp_files) {
+  scratch_dir dir("inspect");
+  fs::path ckpt = dir / "step_1";
+  make_default_writer({})->write(sample(0), ckpt, {});
+  auto good = run_inspect(dir, {"verify", ckpt.string()});
+  BOOST_TEST(good.status == 0, good.out << good.err);
+  BOOST_TEST(good.out.find("manifest ok, 1 rank file(s) match it") != std::string::npos, good.out);
+
+  // Rank 0's file replaced by another save's file of the same size: the manifest's header
+  // checksum no longer matches.
+  write_safetensors(ckpt / "checkpoint_0.safetensors", sample(5));
+  auto r = run_inspect(dir, {"list", ckpt.string()});
+  BOOST_TEST(r.status == 0);
+  BOOST_TEST(r.out.find("does not match the files: INCOMPLETE") != std::string::npos, r.out);
+  BOOST_TEST(r.out.find("rank 0") != std::string::npos, r.out);
+  auto j = run_inspect(dir, {"list", "--json", ckpt.string()});
+  auto doc = boost::json::parse(j.out);
+  BOOST_TEST(!doc.at("manifest").at("complete").as_bool());
+  BOOST_TEST(doc.at("manifest").at("present").as_bool());
+  BOOST_TEST(doc.at("manifest").at("problem").as_string().find("header checksum") !=
+             std::string::npos);
+  auto bad = run_inspect(dir, {"verify", ckpt.string()});
+  BOOST_TEST(bad.status == 1, bad.out << bad.err);
+  BOOST_TEST(bad.out.find("manifest does not match the files") != std::string::npos, bad.out);
+
+  // Temporary files: one whose writer is gone (nobody holds its lock), one being written (this
+  // process holds the lock, as a writer does).
+  write_file(ckpt / ".checkpoint_0.safetensors.tmp.4242.0", "dead");
+  fs::path live = ckpt / ".checkpoint_1.safetensors.tmp.4243.0";
+  write_file(live, "alive");
+  int fd = ::open(live.c_str(), O_WRONLY | O_CLOEXEC);
+  BOOST_TEST_REQUIRE(fd >= 0);
+  struct flock l {};
+  l.l_type = F_WRLCK;
+  l.l_whence = SEEK_SET;
+  BOOST_TEST_REQUIRE(::fcntl(fd, F_OFD_SETLK, &l) == 0);
+  r = run_inspect(dir, {"list", ckpt.string()});
+  BOOST_TEST(r.out.find("temporary file: .checkpoint_0.safetensors.tmp.4242.0, 4 bytes, stale: "
+                        "its writer is gone") != std::string::npos,
+             r.out);
+  BOOST_TEST(r.out.find("temporary file: .checkpoint_1.safetensors.tmp.4243.0, 5 bytes, being "
+                        "written") != std::string::npos,
+             r.out);
+  j = run_inspect(dir, {"list", "--json", ckpt.string()});
+  doc = boost::json::parse(j.out);
+  const auto& temps = doc.at("temp_files").as_array();
+  BOOST_TEST_REQUIRE(temps.size() == 2u);
+  BOOST_TEST(temps[0].at("stale").as_bool());
+  BOOST_TEST(!temps[1].at("stale").as_bool());
+  ::close(fd);
+}

@@ -15,7 +15,14 @@
 // As a stand-in trainer (argv[1] == parent) it starts a checkpoint_process whose child is this
 // executable, prints "<child pid>\n" once the child is ready, and blocks on stdin; the test then
 // SIGKILLs it to check that the orphaned child exits.
+//
+// As a writer stopped mid-write (argv[1] == die-mid-write or stall-mid-write, argv[2] a file):
+// write_safetensors of a tensor whose memory faults when first read, i.e. after the temporary
+// file is created, locked and preallocated and before its bytes are written. On the fault the
+// process SIGKILLs itself (die-mid-write) or prints "stalled\n" and waits to be killed
+// (stall-mid-write): a writer killed, or hung, in the middle of a write.
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <array>
@@ -31,6 +38,7 @@
 #include "shmckpt/error.hpp"
 #include "shmckpt/protocol.hpp"
 #include "shmckpt/worker.hpp"
+#include "shmckpt/writer.hpp"
 
 namespace {
 
@@ -247,10 +255,35 @@ int stand_in_parent(char* self) {
   return 0;
 }
 
+bool die_on_fault = false;
+
+void on_fault(int) {
+  if (die_on_fault) ::kill(::getpid(), SIGKILL);
+  const char msg[] = "stalled\n";
+  if (::write(STDOUT_FILENO, msg, sizeof msg - 1) < 0) ::_exit(9);
+  for (;;) ::pause();
+}
+
+int stop_mid_write(const char* file, bool die) {
+  die_on_fault = die;
+  struct sigaction sa {};
+  sa.sa_handler = on_fault;
+  ::sigaction(SIGSEGV, &sa, nullptr);
+  const std::size_t n = 1u << 20;
+  void* p = ::mmap(nullptr, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return 3;
+  tensor t(dtype::u8, {static_cast<std::int64_t>(n)}, {static_cast<std::byte*>(p), n});
+  write_safetensors(file, {{"w", t}});
+  return 4;  // not reached: the first read of the tensor faults
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "parent") == 0) return stand_in_parent(argv[0]);
+  if (argc > 2 && std::strcmp(argv[1], "die-mid-write") == 0) return stop_mid_write(argv[2], true);
+  if (argc > 2 && std::strcmp(argv[1], "stall-mid-write") == 0)
+    return stop_mid_write(argv[2], false);
   if (const char* mode = std::getenv("SHMCKPT_TEST_CHILD_MODE");
       mode && *mode && argc > 1 && std::strcmp(argv[1], worker_flag) == 0)
     return fake_child(mode);

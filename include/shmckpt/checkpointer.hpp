@@ -35,6 +35,12 @@
 
 namespace shmckpt {
 
+/// What a save does when its directory already holds a complete checkpoint.
+enum class existing_checkpoint {
+  refuse,     // fail with error(invalid_argument) before touching anything (the default)
+  overwrite,  // retire the old checkpoint when the save starts (lost if the new save fails)
+};
+
 struct checkpointer_config {
   /// The checkpoint child (async only). Its `rank` is overwritten by the checkpointer's rank.
   checkpoint_process_options process;
@@ -42,6 +48,9 @@ struct checkpointer_config {
   stager_options staging;
   /// How long a rank waits at the commit barrier for the others (default 600 s).
   std::chrono::milliseconds commit_timeout{std::chrono::seconds(600)};
+  /// Saving into a directory that already holds a complete checkpoint. A save's kwarg
+  /// overwrite="true" allows it for that save alone.
+  existing_checkpoint on_existing = existing_checkpoint::refuse;
 };
 
 /// Rank and world size from the launcher's environment: RANK/WORLD_SIZE (torchrun),

@@ -54,8 +54,14 @@ class checkpoint_writer {
 };
 
 /// The default writer: creates `path` (a directory) if needed and writes
-/// `checkpoint_file_path(path, rank)` with write_safetensors. `args` are the writer-factory
-/// arguments; "rank" and "world_size" are always present (added by the parent).
+/// `checkpoint_file_path(path, rank)` with write_safetensors, then commits it across ranks
+/// (commit.hpp). `args` are the writer-factory arguments; "rank" and "world_size" are always
+/// present (added by the parent); "commit_timeout_ms", "hook" and "overwrite" are optional.
+/// A `path` that already holds a complete checkpoint is refused with error(invalid_argument)
+/// before anything on disk changes, unless "overwrite" is "true" (writer argument, or the
+/// request's kwarg): then rank 0 retires the old manifest when the save starts. Each rank also
+/// removes the stale temporary files of its own file in `path`, rank 0 also the manifest's
+/// (commit.hpp).
 std::unique_ptr<checkpoint_writer> make_default_writer(const kwargs& args,
                                                        const std::atomic<bool>* cancel = nullptr);
 

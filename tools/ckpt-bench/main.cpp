@@ -882,6 +882,7 @@ class bench {
       direct.push_back(static_cast<double>(s) / d);
       best.push_back(static_cast<double>(s) / std::min(b, d));
       fs::path dir = scratch() / ("persist-" + std::to_string(r));
+      fs::remove_all(dir);  // a complete checkpoint of the previous size: not saved over
       auto t0 = mono_ns();
       p.write(sd, dir).get();
       shm.push_back(static_cast<double>(s) / seconds_since(t0));

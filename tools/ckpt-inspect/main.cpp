@@ -287,6 +287,29 @@ boost::json::object listing_json(const file_listing& f) {
   return o;
 }
 
+// What the manifest of a directory says about it.
+struct manifest_state {
+  bool present = false;   // checkpoint.json exists
+  bool complete = false;  // and matches the files (shmckpt::verify_checkpoint)
+  std::optional<shmckpt::manifest> manifest;  // when it parses
+  std::string problem;    // why it is not complete, when it is present
+};
+
+manifest_state check_manifest(const fs::path& dir) {
+  manifest_state m;
+  m.present = fs::exists(dir / shmckpt::manifest_name);
+  if (!m.present) return m;
+  try {
+    m.manifest = shmckpt::read_manifest(dir);
+    shmckpt::verify_checkpoint(dir);
+    m.complete = true;
+  } catch (const shmckpt::error& e) {
+    if (e.kind() != shmckpt::errc::corrupt_data && e.kind() != shmckpt::errc::not_found) throw;
+    m.problem = e.what();
+  }
+  return m;
+}
+
 int run_list(const std::vector<std::string>& args) {
   po::options_description desc("list: every tensor entry (name, dtype, shape, bytes) and totals");
   desc.add_options()("json", "print one JSON document instead of a table");
@@ -304,12 +327,14 @@ int run_list(const std::vector<std::string>& args) {
     files.push_back(std::move(f));
   }
 
-  // A directory is a checkpoint only once its manifest is published (commit.hpp).
+  // A directory is a checkpoint only once its manifest is published and matches its files
+  // (commit.hpp).
   const std::filesystem::path root = pc.vm["path"].as<std::string>();
   const bool is_dir = std::filesystem::is_directory(root);
-  std::optional<shmckpt::manifest> manifest;
-  if (is_dir) manifest = shmckpt::read_manifest(root);
-  const bool complete = is_dir && shmckpt::is_complete(root);
+  const manifest_state mstate = is_dir ? check_manifest(root) : manifest_state{};
+  const auto& manifest = mstate.manifest;
+  const bool complete = mstate.complete;
+  const auto temps = is_dir ? shmckpt::temp_files(root) : std::vector<shmckpt::temp_file_state>{};
 
   if (pc.vm.count("json")) {
     boost::json::array list;
@@ -323,7 +348,12 @@ int run_list(const std::vector<std::string>& args) {
       m["present"] = manifest.has_value();
       m["complete"] = complete;
       if (manifest) m["world_size"] = manifest->world_size;
+      if (!mstate.problem.empty()) m["problem"] = mstate.problem;
       doc["manifest"] = std::move(m);
+      boost::json::array t;
+      for (const auto& f : temps)
+        t.push_back({{"path", f.path.string()}, {"bytes", f.bytes}, {"stale", f.stale}});
+      doc["temp_files"] = std::move(t);
     }
     std::cout << boost::json::serialize(doc) << "\n";
     return exit_ok;
@@ -339,11 +369,17 @@ int run_list(const std::vector<std::string>& args) {
     if (complete)
       std::cout << "manifest: " << shmckpt::manifest_name << ", world size "
                 << manifest->world_size << ", complete\n";
-    else if (manifest)
+    else if (!mstate.problem.empty() && (manifest || mstate.present))
       std::cout << "manifest: " << shmckpt::manifest_name
-                << " present but its files do not match it: INCOMPLETE\n";
+                << " does not match the files: INCOMPLETE (" << printable(mstate.problem) << ")\n";
     else
       std::cout << "manifest: none: INCOMPLETE (a save failed or is still in progress)\n";
+    for (const auto& f : temps)
+      std::cout << "temporary file: " << printable(f.path.filename().string()) << ", " << f.bytes
+                << " bytes, "
+                << (f.stale ? "stale: its writer is gone (keep_last or the next save removes it)"
+                            : "being written")
+                << "\n";
   }
   return exit_ok;
 }
@@ -1071,6 +1107,21 @@ int run_verify(const std::vector<std::string>& args) {
     results.emplace_back(std::move(ref), std::move(checks));
   }
   bool all_ok = true;
+  const fs::path root = pc.vm["path"].as<std::string>();
+  if (fs::is_directory(root)) {
+    // The rank files must also be the ones the manifest lists (names, sizes, header checksums).
+    auto m = check_manifest(root);
+    if (m.complete)
+      std::cout << root.string() << ": manifest ok, " << m.manifest->world_size
+                << " rank file(s) match it\n";
+    else if (m.present) {
+      std::cout << root.string() << ": manifest does not match the files: "
+                << printable(m.problem) << "\n";
+      all_ok = false;
+    } else {
+      std::cout << root.string() << ": no manifest: INCOMPLETE (a save failed or is still in progress)\n";
+    }
+  }
   for (const auto& [ref, checks] : results) {
     std::size_t recorded = 0, bad = 0;
     for (const auto& c : checks) {
