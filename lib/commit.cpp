@@ -19,6 +19,7 @@
 #include "progress.hpp"
 #include "shmckpt/error.hpp"
 #include "temp_file.hpp"
+#include "regular_file.hpp"
 #include "util.hpp"
 
 namespace shmckpt {
@@ -85,15 +86,17 @@ bool publish_file(const fs::path& target, const std::string& text, bool enoent_o
 
 // Reads a small file whole, refusing (before reading) one larger than `cap`.
 std::optional<std::string> slurp(const fs::path& p, std::uint64_t cap, const char* what) {
-  unique_fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    if (errno == ENOENT) return std::nullopt;
-    os_fail(std::string("cannot open ") + what, p);
+  // Never a blocking open: a FIFO named like a manifest must not hang a scan.
+  detail::regular_file f;
+  try {
+    f = detail::open_regular_file(p, std::string(what) + " '" + p.string() + "'");
+  } catch (const error& e) {
+    if (e.kind() == errc::not_found) return std::nullopt;
+    throw;
   }
+  unique_fd& fd = f.fd;
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) os_fail(std::string("cannot stat ") + what, p);
-  if (!S_ISREG(st.st_mode))
-    throw_error(errc::corrupt_data, std::string(what) + " '" + p.string() + "' is not a regular file");
+  st.st_size = static_cast<off_t>(f.size);
   if (static_cast<std::uint64_t>(st.st_size) > cap)
     throw_error(errc::corrupt_data, std::string(what) + " '" + p.string() + "' is " +
                                         std::to_string(st.st_size) + " bytes, more than the " +
@@ -415,14 +418,9 @@ namespace {
 
 // Size and header checksum of `dir/file` ("xxh3:<16 hex>" of the 8-byte length and the header).
 std::pair<std::uint64_t, std::string> header_fingerprint(const fs::path& p) {
-  unique_fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    if (errno == ENOENT) throw_error(errc::not_found, "'" + p.string() + "': no such file");
-    os_fail("cannot open", p);
-  }
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) os_fail("cannot stat", p);
-  auto bytes = static_cast<std::uint64_t>(st.st_size);
+  detail::regular_file f = detail::open_regular_file(p, "'" + p.string() + "'");
+  unique_fd& fd = f.fd;
+  auto bytes = f.size;
   std::uint64_t n = 0;
   if (bytes < 8 || ::pread(fd.get(), &n, 8, 0) != 8 || n > bytes - 8)
     throw_error(errc::corrupt_data, "'" + p.string() + "' has no valid safetensors header");
@@ -644,12 +642,22 @@ std::vector<fs::path> remove_stale_temp_files(const fs::path& dir) {
 
 namespace {
 
-// Complete checkpoints under root, oldest first (manifest time, then name).
-std::vector<fs::path> complete_checkpoints(const fs::path& root) {
+// Complete checkpoints under root, oldest first (manifest time, then name). A directory with
+// something named like a manifest that cannot be read or does not match its files is skipped
+// and, when `skipped` is given, reported there; one without a manifest is merely incomplete.
+std::vector<fs::path> complete_checkpoints(const fs::path& root, std::vector<std::string>* skipped) {
   std::vector<std::pair<fs::file_time_type, fs::path>> found;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(root, ec)) {
-    if (!e.is_directory(ec) || !is_complete(e.path())) continue;
+    if (!e.is_directory(ec)) continue;
+    std::error_code mec;
+    if (!fs::exists(fs::symlink_status(e.path() / manifest_name, mec))) continue;  // incomplete
+    try {
+      verify_checkpoint(e.path());
+    } catch (const error& x) {
+      if (skipped) skipped->push_back(x.what());
+      continue;
+    }
     found.emplace_back(fs::last_write_time(e.path() / manifest_name, ec), e.path());
   }
   std::sort(found.begin(), found.end());
@@ -660,16 +668,17 @@ std::vector<fs::path> complete_checkpoints(const fs::path& root) {
 
 }  // namespace
 
-std::optional<fs::path> latest_checkpoint(const fs::path& root) {
+std::optional<fs::path> latest_checkpoint(const fs::path& root, std::vector<std::string>* skipped) {
   reject_nul(root, "checkpoint root");
-  auto all = complete_checkpoints(root);
+  auto all = complete_checkpoints(root, skipped);
   if (all.empty()) return std::nullopt;
   return all.back();
 }
 
-std::vector<fs::path> keep_last(const fs::path& root, std::size_t keep) {
+std::vector<fs::path> keep_last(const fs::path& root, std::size_t keep,
+                                std::vector<std::string>* skipped) {
   reject_nul(root, "checkpoint root");
-  auto complete = complete_checkpoints(root);
+  auto complete = complete_checkpoints(root, skipped);
   std::vector<fs::path> removed;
   if (complete.empty()) return removed;  // nothing known good: delete nothing
   keep = std::max<std::size_t>(keep, 1);
@@ -688,6 +697,9 @@ std::vector<fs::path> keep_last(const fs::path& root, std::size_t keep) {
       remove_stale_temp_files(e.path());
       continue;
     }
+    std::error_code mec;
+    if (fs::exists(fs::symlink_status(e.path() / manifest_name, mec)))
+      continue;  // a manifest it could not verify: reported by the scan above, never deleted
     auto mtime = fs::last_write_time(e.path(), ec);  // before removing anything in it
     if (ec) continue;
     bool leftover = !remove_stale_temp_files(e.path()).empty();

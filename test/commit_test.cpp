@@ -13,10 +13,12 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <boost/test/unit_test.hpp>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -518,4 +520,41 @@ BOOST_AUTO_TEST_CASE(waiting_at_the_barrier_reports_progress_naming_what_it_wait
   BOOST_TEST(has("waiting at the commit barrier of " + (dir / "a").string() + " for rank(s) 1, 2"));
   BOOST_TEST(has("waiting at the commit barrier of " + (dir / "b").string() +
                  " for rank 0 to publish the manifest"));
+}
+
+// A FIFO named checkpoint.json in a sibling directory: the scans answer at once, skip it and say
+// why; it is neither picked nor deleted. (A blocking open would hang them: the watchdog then
+// opens the FIFO's other end to release them, and the case fails.)
+BOOST_AUTO_TEST_CASE(scans_skip_and_report_a_fifo_manifest_without_blocking) {
+  temp_dir dir;
+  sync_checkpointer ck(checkpointer_config{}, rank_info{0, 1});
+  ck.save(dir / "good", state_dict{{"step", 1}});
+  fs::create_directories(dir / "fifo");
+  BOOST_TEST_REQUIRE(::mkfifo((dir / "fifo" / manifest_name).c_str(), 0644) == 0);
+  std::ofstream(dir / "fifo" / "checkpoint_0.safetensors") << "x";
+  auto guarded = [&](auto&& call) {
+    auto done = std::async(std::launch::async, call);
+    if (done.wait_for(5s) != std::future_status::ready) {
+      int w = ::open((dir / "fifo" / manifest_name).c_str(), O_WRONLY | O_NONBLOCK);
+      BOOST_ERROR("blocked for 5 s on the FIFO");
+      done.wait();
+      if (w >= 0) ::close(w);
+    }
+    return done.get();
+  };
+  std::vector<std::string> skipped;
+  auto latest = guarded([&] { return latest_checkpoint(dir.path(), &skipped); });
+  BOOST_TEST_REQUIRE(latest.has_value());
+  BOOST_TEST(latest->filename() == "good");
+  BOOST_TEST_REQUIRE(skipped.size() == 1u);
+  BOOST_TEST(skipped[0].find("is a FIFO, not a regular file") != std::string::npos, skipped[0]);
+  BOOST_TEST(skipped[0].find("fifo") != std::string::npos, skipped[0]);
+  BOOST_TEST(!guarded([&] { return is_complete(dir / "fifo"); }));
+  skipped.clear();
+  auto removed = guarded([&] { return keep_last(dir.path(), 1, &skipped); });
+  BOOST_TEST(removed.empty());
+  BOOST_TEST(skipped.size() == 1u);
+  BOOST_TEST(fs::exists(fs::symlink_status(dir / "fifo" / manifest_name)));
+  expect_error([&] { guarded([&] { read(dir / "fifo"); return 0; }); }, errc::io_error,
+               "is a FIFO, not a regular file");
 }

@@ -156,12 +156,18 @@ std::vector<temp_file_state> temp_files(const std::filesystem::path& dir);
 std::vector<std::filesystem::path> remove_stale_temp_files(const std::filesystem::path& dir);
 
 /// The complete checkpoint directory directly under `root` with the newest manifest, or nullopt.
-std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& root);
+/// Never blocks on what it finds (a FIFO named checkpoint.json is io_error, not a hang): a
+/// directory whose manifest cannot be read or does not match its files is skipped, and its
+/// reason appended to `skipped` when given.
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& root,
+                                                       std::vector<std::string>* skipped = nullptr);
 
 /// Deletes all but the `keep` newest complete checkpoints under `root`, and incomplete ones
 /// (holding rank files or stale temporary files) older than the newest complete one, and stale
 /// temporary files in the directories it keeps. Never deletes the newest complete checkpoint.
-/// Returns the directories removed.
-std::vector<std::filesystem::path> keep_last(const std::filesystem::path& root, std::size_t keep);
+/// Returns the directories removed. Directories it cannot judge are skipped (never removed) and
+/// reported in `skipped`, as for latest_checkpoint.
+std::vector<std::filesystem::path> keep_last(const std::filesystem::path& root, std::size_t keep,
+                                             std::vector<std::string>* skipped = nullptr);
 
 }  // namespace shmckpt
