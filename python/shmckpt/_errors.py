@@ -78,3 +78,8 @@ def _classes():
                 ProtocolError, ClosedError, UnsupportedError):
         out[cls.errc] = cls
     return out
+
+
+for _cls in _classes().values():
+    _cls.__module__ = "shmckpt"
+del _cls
