@@ -620,7 +620,8 @@ struct checkpoint_process::impl {
       case kind::tensor: return seg.contains(v.as_tensor().data(), v.as_tensor().nbytes());
       case kind::dict: return all_shared(v.as_dict());
       case kind::list:
-        for (const auto& e : v.as_list())
+      case kind::tuple:
+        for (const auto& e : v.as_sequence())
           if (!all_shared(e)) return false;
         return true;
       default: return true;

@@ -13,6 +13,8 @@ namespace {
 // Value tags of the descriptor tree (wire values: append only).
 enum class tag : std::uint8_t {
   none = 0, boolean = 1, integer = 2, real = 3, string = 4, list = 5, dict = 6, tensor = 7,
+  int_dict = 8,  // a dict whose keys are integers: the same payload as dict
+  tuple = 9,     // a tuple: the same payload as list
 };
 
 [[noreturn]] void fail(const std::string& what) {
@@ -145,18 +147,19 @@ void encode_value(byte_writer& w, const value& v, const offset_function& offset_
       w.put(tag::string);
       w.put_string(v.as_string());
       break;
-    case kind::list: {
+    case kind::list:
+    case kind::tuple: {
       if (depth > max_depth)
         throw_error(errc::invalid_argument, "state dict nests deeper than " +
                                                 std::to_string(max_depth) + " levels");
-      w.put(tag::list);
-      const auto& l = v.as_list();
+      w.put(v.type() == kind::tuple ? tag::tuple : tag::list);
+      const auto& l = v.as_sequence();
       w.put<std::uint32_t>(static_cast<std::uint32_t>(l.size()));
       for (const auto& e : l) encode_value(w, e, offset_of, depth + 1);
       break;
     }
     case kind::dict:
-      w.put(tag::dict);
+      w.put(v.as_dict().keys() == key_type::integer ? tag::int_dict : tag::dict);
       encode_dict(w, v.as_dict(), offset_of, depth);
       break;
     case kind::tensor: {
@@ -178,7 +181,8 @@ void encode_value(byte_writer& w, const value& v, const offset_function& offset_
 
 value decode_value(byte_reader& r, const resolve_function& resolve, std::size_t depth);
 
-dict decode_dict(byte_reader& r, const resolve_function& resolve, std::size_t depth) {
+dict decode_dict(byte_reader& r, const resolve_function& resolve, std::size_t depth,
+                 key_type keys = key_type::string) {
   if (depth > max_depth) fail("descriptor nests deeper than " + std::to_string(max_depth));
   auto n = r.get<std::uint32_t>("dict size");
   // Every entry needs a 4-byte key length and a 1-byte tag.
@@ -186,9 +190,12 @@ dict decode_dict(byte_reader& r, const resolve_function& resolve, std::size_t de
     fail("dict claims " + std::to_string(n) + " entries in " + std::to_string(r.remaining()) +
          " bytes");
   dict d;
+  d.set_key_type(keys);
   for (std::uint32_t i = 0; i < n; ++i) {
     auto key = r.get_string("dict key");
     if (d.contains(key)) fail("dict has duplicate key '" + key + "'");
+    if (keys == key_type::integer && !is_canonical_int_key(key))
+      fail("integer-keyed dict has the key '" + key + "', which is not canonical int64 text");
     d.insert_or_assign(std::move(key), decode_value(r, resolve, depth + 1));
   }
   return d;
@@ -207,7 +214,8 @@ value decode_value(byte_reader& r, const resolve_function& resolve, std::size_t 
     case tag::integer: return r.get<std::int64_t>("int");
     case tag::real: return r.get<double>("float");
     case tag::string: return r.get_string("string");
-    case tag::list: {
+    case tag::list:
+    case tag::tuple: {
       if (depth > max_depth) fail("descriptor nests deeper than " + std::to_string(max_depth));
       auto n = r.get<std::uint32_t>("list size");
       if (n > r.remaining())
@@ -217,9 +225,11 @@ value decode_value(byte_reader& r, const resolve_function& resolve, std::size_t 
       // Bounded: a node is ~100 bytes in memory but may be 1 byte on the wire.
       l.reserve(std::min<std::uint32_t>(n, 4096));
       for (std::uint32_t i = 0; i < n; ++i) l.push_back(decode_value(r, resolve, depth + 1));
+      if (static_cast<tag>(t) == tag::tuple) return tuple(std::move(l));
       return l;
     }
     case tag::dict: return decode_dict(r, resolve, depth);
+    case tag::int_dict: return decode_dict(r, resolve, depth, key_type::integer);
     case tag::tensor: {
       auto raw_dtype = r.get<std::uint8_t>("tensor dtype");
       if (!dtype_valid(raw_dtype)) fail("unknown dtype code " + std::to_string(raw_dtype));

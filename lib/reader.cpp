@@ -202,7 +202,7 @@ std::string join_path(const std::string& path, std::string_view part) {
 }
 
 bool is_container(const value& v) noexcept {
-  return v.type() == kind::dict || v.type() == kind::list;
+  return v.type() == kind::dict || v.is_sequence();
 }
 
 // "F32 [4, 4]" for tensors, "tensor F32 [4, 4]" / "int" / "dict" when the kinds differ.
@@ -226,8 +226,9 @@ struct flat_tree {
     switch (v.type()) {
       case kind::dict: add_dict(v.as_dict(), path); break;
       case kind::list:
-        for (std::size_t i = 0; i < v.as_list().size(); ++i)
-          add(v.as_list()[i], join_path(path, std::to_string(i)));
+      case kind::tuple:
+        for (std::size_t i = 0; i < v.as_sequence().size(); ++i)
+          add(v.as_sequence()[i], join_path(path, std::to_string(i)));
         break;
       default:
         if (first) leaves.push_back(path);
@@ -296,7 +297,7 @@ class read_into_plan {
       if (v.type() == kind::dict) {
         visit_dict(v.as_dict(), path);
       } else {
-        auto& l = v.as_list();
+        auto& l = v.as_sequence();
         for (std::size_t i = 0; i < l.size(); ++i)
           visit(l[i], join_path(path, std::to_string(i)));
       }

@@ -203,14 +203,23 @@ class tree_encoder {
  public:
   explicit tree_encoder(std::vector<planned_tensor>& out) : tensors_(out) {}
 
+  // Whether the tree needs format version 2 (an integer-keyed dict or a tuple): files without
+  // them stay version 1, readable by every earlier reader.
+  bool uses_v2() const noexcept { return uses_v2_; }
+
   void encode_dict(std::string& out, const dict& d, std::string& path, std::size_t depth) {
-    out += "{\"dict\":[";
+    bool int_keys = d.keys() == key_type::integer;
+    uses_v2_ |= int_keys;
+    out += int_keys ? "{\"idict\":[" : "{\"dict\":[";
     bool first = true;
     for (const auto& [key, v] : d) {
       if (!first) out += ',';
       first = false;
       out += '[';
-      encode_string(out, key);
+      if (int_keys)
+        out += key;  // canonical int64 text (dict enforces it) is a JSON integer as it stands
+      else
+        encode_string(out, key);
       out += ',';
       std::size_t mark = path.size();
       push_path(path, key);
@@ -235,10 +244,13 @@ class tree_encoder {
         out += "\"}";
         break;
       case kind::string: encode_string(out, v.as_string()); break;
-      case kind::list: {
+      case kind::list:
+      case kind::tuple: {
         check_depth(depth + 1, path);
-        out += '[';
-        const auto& l = v.as_list();
+        bool is_tuple = v.type() == kind::tuple;
+        uses_v2_ |= is_tuple;
+        out += is_tuple ? "{\"tuple\":[" : "[";
+        const auto& l = v.as_sequence();
         for (std::size_t i = 0; i < l.size(); ++i) {
           if (i) out += ',';
           std::size_t mark = path.size();
@@ -246,7 +258,7 @@ class tree_encoder {
           encode_value(out, l[i], path, depth + 1);
           path.resize(mark);
         }
-        out += ']';
+        out += is_tuple ? "]}" : "]";
         break;
       }
       case kind::dict:
@@ -303,6 +315,7 @@ class tree_encoder {
     tensors_.push_back(std::move(p));
   }
 
+  bool uses_v2_ = false;
   std::vector<planned_tensor>& tensors_;
   std::unordered_set<std::string> names_;
 };
@@ -920,12 +933,16 @@ void check_layout(std::vector<tensor_entry>& entries, std::uint64_t data_size,
 
 // ---- reading the tree ------------------------------------------------------------------------
 
+const std::string* find_metadata(const parsed_header& h, std::string_view key);
+
 class tree_decoder {
  public:
   tree_decoder(const parsed_header& h, const std::function<value(std::size_t)>& make_tensor,
                const std::string& label)
       : h_(h), make_tensor_(make_tensor), ctx_(label + ": __metadata__ 'shmckpt.tree'"),
-        used_(h.entries.size(), false) {}
+        used_(h.entries.size(), false) {
+    if (const std::string* v = find_metadata(h, "shmckpt.version")) version_ = std::atoi(v->c_str());
+  }
 
   state_dict decode_root() {
     std::string path;
@@ -964,16 +981,27 @@ class tree_decoder {
     fail(path, std::string(what) + " is a JSON " + kind_of(v) + ", not a string");
   }
 
-  dict decode_dict(const json::value& payload, std::string& path, std::size_t depth) {
+  dict decode_dict(const json::value& payload, std::string& path, std::size_t depth,
+                   key_type keys = key_type::string) {
     if (depth > max_tree_depth)
       fail(path, "nests deeper than " + std::to_string(max_tree_depth) + " levels");
     if (!payload.is_array())
       fail(path, "dict payload is a JSON " + kind_of(payload) + ", not an array");
     dict d;
+    d.set_key_type(keys);
     for (const auto& item : payload.get_array()) {
       if (!item.is_array() || item.get_array().size() != 2)
         fail(path, "dict item is not a [key, value] pair");
-      std::string key = decode_string(item.get_array()[0], path, "dict key");
+      std::string key;
+      if (keys == key_type::integer) {
+        const json::value& k = item.get_array()[0];
+        if (!k.is_int64())
+          fail(path, "integer-keyed dict has a key that is a JSON " + kind_of(k) +
+                         ", not an integer in the int64 range");
+        key = std::to_string(k.get_int64());
+      } else {
+        key = decode_string(item.get_array()[0], path, "dict key");
+      }
       if (contains(d, key)) fail(path, "dict has the key " + quote_name(key) + " twice");
       std::size_t mark = path.size();
       push_path(path, key);
@@ -995,28 +1023,24 @@ class tree_decoder {
       case json::kind::double_:
         fail(path, "bare JSON number; floats are written as {\"float\": \"<16 hex digits>\"}");
       case json::kind::string: return std::string(v.get_string().data(), v.get_string().size());
-      case json::kind::array: {
-        if (depth + 1 > max_tree_depth)
-          fail(path, "nests deeper than " + std::to_string(max_tree_depth) + " levels");
-        list l;
-        l.reserve(v.get_array().size());
-        for (std::size_t i = 0; i < v.get_array().size(); ++i) {
-          std::size_t mark = path.size();
-          push_path(path, std::to_string(i));
-          l.push_back(decode_value(v.get_array()[i], path, depth + 1));
-          path.resize(mark);
-        }
-        return l;
-      }
+      case json::kind::array: return decode_list(v.get_array(), path, depth);
       case json::kind::object: break;
     }
     const auto& o = v.get_object();
     if (o.size() != 1)
       fail(path, "object with " + std::to_string(o.size()) +
-                     " keys; expected one of dict, float, bytes, tensor");
+                     " keys; expected one of dict, idict, tuple, float, bytes, tensor");
     std::string_view tag(o.begin()->key().data(), o.begin()->key().size());
     const json::value& payload = o.begin()->value();
     if (tag == "dict") return decode_dict(payload, path, depth + 1);
+    if (tag == "idict" || tag == "tuple") {
+      if (version_ < 2)
+        fail(path, "node type " + quote_name(tag) + " needs 'shmckpt.version' 2 or later");
+      if (tag == "idict") return decode_dict(payload, path, depth + 1, key_type::integer);
+      if (!payload.is_array())
+        fail(path, "tuple payload is a JSON " + kind_of(payload) + ", not an array");
+      return tuple(decode_list(payload.get_array(), path, depth));
+    }
     if (tag == "bytes") return decode_string(v, path, "string");
     if (tag == "float") {
       std::optional<std::uint64_t> bits;
@@ -1039,6 +1063,21 @@ class tree_decoder {
       return make_tensor_(i);
     }
     fail(path, "unknown node type " + quote_name(tag));
+  }
+
+  // `depth` is the depth of the container holding the list.
+  list decode_list(const json::array& a, std::string& path, std::size_t depth) {
+    if (depth + 1 > max_tree_depth)
+      fail(path, "nests deeper than " + std::to_string(max_tree_depth) + " levels");
+    list l;
+    l.reserve(a.size());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      std::size_t mark = path.size();
+      push_path(path, std::to_string(i));
+      l.push_back(decode_value(a[i], path, depth + 1));
+      path.resize(mark);
+    }
+    return l;
   }
 
   // Small dicts are scanned; dict::contains builds a std::string for every probe.
@@ -1072,6 +1111,7 @@ class tree_decoder {
   std::string ctx_;
   std::vector<bool> used_;
   std::size_t next_ = 0;
+  int version_ = 1;  // of the file; checked to be a known one before decoding starts
   std::unordered_map<std::string_view, std::size_t> index_;  // views of h_.entries' names
 };
 
@@ -1192,10 +1232,12 @@ encoded_header encode_header(const state_dict& sd, bool checksums) {
   h.checksums = checksums;
 
   std::string tree;
+  bool v2 = false;
   {
     tree_encoder enc(h.tensors);
     std::string path;
     enc.encode_dict(tree, sd, path, 1);
+    v2 = enc.uses_v2();
   }
 
   std::stable_sort(h.tensors.begin(), h.tensors.end(),
@@ -1215,7 +1257,7 @@ encoded_header encode_header(const state_dict& sd, bool checksums) {
   out += "{\"__metadata__\":{\"format\":";
   append_quoted(out, format_name);
   out += ",\"shmckpt.version\":";
-  append_quoted(out, format_version);
+  append_quoted(out, v2 ? format_version_2 : format_version_1);
   out += ",\"shmckpt.tree\":";
   append_quoted(out, tree);
   if (checksums) {
@@ -1343,10 +1385,12 @@ parsed_header parse_header(std::string_view text, std::uint64_t data_size,
   if (!version)
     throw_error(errc::corrupt_data, label + ": __metadata__ has shmckpt keys but no " +
                                         "'shmckpt.version'");
-  if (*version != format_version)
+  if (*version != format_version_1 && *version != format_version_2)
     throw_error(errc::corrupt_data,
                 label + ": __metadata__ 'shmckpt.version' is " + quote_name(*version) +
-                    "; this reader understands version " + std::string(format_version));
+                    "; this reader understands versions " + std::string(format_version_1) +
+                    " and " + std::string(format_version_2) +
+                    " (a newer shmckpt wrote it: upgrade the reader)");
   if (const std::string* tree = find_metadata(h, "shmckpt.tree")) {
     // Each dict level costs three JSON levels ({"dict": [[k, v]]}), a leaf object one more.
     auto arena = std::make_unique<json::monotonic_resource>(tree->size() * 2 + 4096);

@@ -45,8 +45,15 @@ inline constexpr std::size_t max_tree_depth = 64;
 inline constexpr std::size_t max_tensor_rank = 1024;
 
 /// Values of the `__metadata__` keys this format defines.
-inline constexpr std::string_view format_name = "shmckpt";
-inline constexpr std::string_view format_version = "1";
+/// `format` is what the safetensors ecosystem expects of PyTorch files ("pt": transformers'
+/// loader accepts only pt, tf, flax and mlx); files are recognised as ours by their `shmckpt.*`
+/// keys. Files written before carried "shmckpt" there and still load.
+inline constexpr std::string_view format_name = "pt";
+/// `shmckpt.version`: 1 for trees of dicts, lists and scalars; 2 when the tree holds an
+/// integer-keyed dict or a tuple (the writer uses 1 whenever it can, so older readers still
+/// read those files).
+inline constexpr std::string_view format_version_1 = "1";
+inline constexpr std::string_view format_version_2 = "2";
 
 /// Lowercase, zero-padded, 16 hex digits.
 std::string hex64(std::uint64_t v);

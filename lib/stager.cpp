@@ -318,8 +318,9 @@ struct stager::impl : std::enable_shared_from_this<impl> {
       case kind::dict:
         for (const auto& [k, e] : v.as_dict()) collect(e, name + "." + k, privs, layout);
         break;
-      case kind::list: {
-        const auto& l = v.as_list();
+      case kind::list:
+      case kind::tuple: {
+        const auto& l = v.as_sequence();
         for (std::size_t i = 0; i < l.size(); ++i)
           collect(l[i], name + "." + std::to_string(i), privs, layout);
         break;

@@ -99,6 +99,45 @@ bool operator==(const tensor& a, const tensor& b) noexcept {
 
 // ---- dict ------------------------------------------------------------------------------------
 
+bool is_canonical_int_key(std::string_view key) noexcept {
+  std::string_view digits = key;
+  bool negative = !digits.empty() && digits.front() == '-';
+  if (negative) digits.remove_prefix(1);
+  if (digits.empty() || digits.size() > 19) return false;
+  for (char c : digits)
+    if (c < '0' || c > '9') return false;
+  if (digits.front() == '0') return digits.size() == 1 && !negative;  // "0", never "-0" or "007"
+  if (digits.size() < 19) return true;
+  // 19 digits: compare with the int64 limits as text (same length, so lexicographic works).
+  return digits <= (negative ? std::string_view("9223372036854775808")
+                             : std::string_view("9223372036854775807"));
+}
+
+void dict::check_key(std::string_view key) const {
+  if (keys_ == key_type::integer && !is_canonical_int_key(key))
+    throw_error(errc::invalid_argument,
+                "key '" + std::string(key) +
+                    "' cannot go into an integer-keyed dict: integer keys are held as canonical "
+                    "decimal int64 text such as \"0\" or \"-3\"");
+}
+
+void dict::set_key_type(key_type k) {
+  if (k == key_type::integer)
+    for (const auto& it : items_)
+      if (!is_canonical_int_key(it.first))
+        throw_error(errc::invalid_argument,
+                    "cannot make a dict with the key '" + it.first +
+                        "' integer-keyed: integer keys are held as canonical decimal int64 text "
+                        "such as \"0\" or \"-3\"");
+  keys_ = k;
+}
+
+dict dict::with_int_keys() {
+  dict d;
+  d.keys_ = key_type::integer;
+  return d;
+}
+
 dict::dict() = default;
 dict::dict(const dict&) = default;
 dict::dict(dict&&) noexcept = default;
@@ -121,6 +160,7 @@ value& dict::insert_or_assign(std::string key, value v) {
     items_[it->second].second = std::move(v);
     return items_[it->second].second;
   }
+  check_key(key);
   index_.emplace(key, items_.size());
   items_.emplace_back(std::move(key), std::move(v));
   return items_.back().second;
@@ -164,7 +204,9 @@ dict::iterator dict::end() noexcept { return items_.end(); }
 dict::const_iterator dict::begin() const noexcept { return items_.begin(); }
 dict::const_iterator dict::end() const noexcept { return items_.end(); }
 
-bool operator==(const dict& a, const dict& b) noexcept { return a.items_ == b.items_; }
+bool operator==(const dict& a, const dict& b) noexcept {
+  return a.keys_ == b.keys_ && a.items_ == b.items_;
+}
 
 // ---- value -----------------------------------------------------------------------------------
 
@@ -178,6 +220,7 @@ std::string_view kind_name(kind k) noexcept {
     case kind::list: return "list";
     case kind::dict: return "dict";
     case kind::tensor: return "tensor";
+    case kind::tuple: return "tuple";
   }
   return "?";
 }
@@ -210,6 +253,15 @@ tensor& value::as_tensor() { return checked_get<tensor>(v_, kind::tensor); }
 const tensor& value::as_tensor() const {
   return checked_get<tensor>(const_cast<storage&>(v_), kind::tensor);
 }
+tuple& value::as_tuple() { return checked_get<tuple>(v_, kind::tuple); }
+const tuple& value::as_tuple() const {
+  return checked_get<tuple>(const_cast<storage&>(v_), kind::tuple);
+}
+list& value::as_sequence() {
+  if (auto* t = std::get_if<tuple>(&v_)) return *t;
+  return checked_get<list>(v_, kind::list);
+}
+const list& value::as_sequence() const { return const_cast<value*>(this)->as_sequence(); }
 
 bool operator==(const value& a, const value& b) noexcept {
   if (a.v_.index() != b.v_.index()) return false;
@@ -243,8 +295,9 @@ void visit_tensors(const value& v, std::string& name,
   switch (v.type()) {
     case kind::tensor: fn(name, v.as_tensor()); break;
     case kind::dict: visit_dict(v.as_dict(), name, fn); break;
-    case kind::list: {
-      const auto& l = v.as_list();
+    case kind::list:
+    case kind::tuple: {
+      const auto& l = v.as_sequence();
       for (std::size_t i = 0; i < l.size(); ++i) {
         std::size_t mark = name.size();
         if (mark) name += '.';
@@ -262,10 +315,12 @@ value map_value(const value& v, const std::function<tensor(const tensor&)>& fn) 
   switch (v.type()) {
     case kind::tensor: return fn(v.as_tensor());
     case kind::dict: return map_tensors(v.as_dict(), fn);
-    case kind::list: {
+    case kind::list:
+    case kind::tuple: {
       list out;
-      out.reserve(v.as_list().size());
-      for (const auto& e : v.as_list()) out.push_back(map_value(e, fn));
+      out.reserve(v.as_sequence().size());
+      for (const auto& e : v.as_sequence()) out.push_back(map_value(e, fn));
+      if (v.type() == kind::tuple) return tuple(std::move(out));
       return out;
     }
     default: return v;
@@ -292,6 +347,7 @@ tensor_totals count_tensors(const dict& root) {
 dict map_tensors(const dict& root, const std::function<tensor(const tensor&)>& fn) {
   dict out;
   out.reserve(root.size());
+  out.set_key_type(root.keys());
   for (const auto& [k, v] : root) out.insert_or_assign(k, map_value(v, fn));
   return out;
 }

@@ -252,6 +252,20 @@ BOOST_AUTO_TEST_CASE(tree_prints_keys_values_and_tensor_shapes) {
   BOOST_TEST(rank0.status == 3);
 }
 
+BOOST_AUTO_TEST_CASE(tree_shows_integer_keyed_dicts_and_tuples) {
+  scratch_dir dir("inspect");
+  fs::path file = dir / "adam.safetensors";
+  dict state = dict::with_int_keys();
+  state["0"] = dict{{"exp_avg", tensor::zeros(dtype::f32, {2})}};
+  write_safetensors(file, {{"state", state}, {"betas", tuple{0.5, 0.25}}});
+  auto r = run_inspect(dir, {"tree", file.string()});
+  BOOST_TEST_REQUIRE(r.status == 0, r.err);
+  BOOST_TEST(r.out.find("state: dict (1, int keys)\n") != std::string::npos, r.out);
+  BOOST_TEST(r.out.find("  0: dict (1)\n") != std::string::npos, r.out);
+  BOOST_TEST(r.out.find("betas: tuple (2)\n") != std::string::npos, r.out);
+  BOOST_TEST(r.out.find("  1: float 0.25\n") != std::string::npos, r.out);
+}
+
 BOOST_AUTO_TEST_CASE(verify_passes_good_files_and_exits_one_naming_a_corrupted_tensor) {
   scratch_dir dir("inspect");
   fs::path file = dir / "checkpoint_0.safetensors";

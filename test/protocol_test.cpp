@@ -53,9 +53,9 @@ BOOST_AUTO_TEST_CASE(header_round_trips_with_fixed_little_endian_layout) {
   std::vector<std::byte> payload(5, std::byte{7});
   auto frame = p::make_frame(p::message_type::write_checkpoint, 0x1122334455667788ull, payload);
   BOOST_TEST(frame.size() == p::header_size + 5);
-  // "SHCK" magic, version 1, type 3, id, length 5, reserved 0 — byte by byte.
+  // "SHCK" magic, the protocol version, type 3, id, length 5, reserved 0 — byte by byte.
   BOOST_TEST(std::memcmp(frame.data(), "SHCK", 4) == 0);
-  BOOST_TEST(static_cast<int>(frame[4]) == 1);
+  BOOST_TEST(static_cast<int>(frame[4]) == p::protocol_version);
   BOOST_TEST(static_cast<int>(frame[6]) == 3);
   BOOST_TEST(static_cast<int>(frame[8]) == 0x88);
   BOOST_TEST(static_cast<int>(frame[15]) == 0x11);
@@ -72,8 +72,9 @@ BOOST_AUTO_TEST_CASE(malformed_headers_are_rejected_with_a_reason) {
   bad[0] = std::byte{'X'};
   expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "magic");
   bad = good;
-  bad[4] = std::byte{2};
-  expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "version 2");
+  bad[4] = std::byte{static_cast<unsigned char>(p::protocol_version + 1)};
+  expect_protocol_error([&] { p::decode_header(header_of(bad)); },
+                        "version " + std::to_string(p::protocol_version + 1));
   bad = good;
   bad[6] = std::byte{99};
   expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "unknown message type");
@@ -125,6 +126,31 @@ BOOST_AUTO_TEST_CASE(write_request_round_trips_every_value_kind) {
   for (const auto& [k, v] : back.state) keys.push_back(k);
   BOOST_TEST((keys == std::vector<std::string>{"model", "step", "lr", "flag", "name", "nothing",
                                                "betas", "scalar"}));
+}
+
+BOOST_AUTO_TEST_CASE(int_keyed_dicts_and_tuples_cross_the_wire_as_themselves) {
+  arena a;
+  dict state = dict::with_int_keys();
+  state["0"] = dict{{"exp_avg", a.make(dtype::f32, {2}, 64)}, {"step", 3}};
+  state["-7"] = dict{};
+  state_dict sd{{"optimizer", dict{{"state", state},
+                                   {"param_groups", list{dict{{"betas", tuple{0.9, 0.999}},
+                                                              {"params", list{0, 1}}}}}}},
+                {"empty_tuple", tuple{}},
+                {"empty_int_dict", dict::with_int_keys()}};
+  auto back = p::decode_write(p::encode_write("/c", sd, {}, a.offset_of()), a.resolve());
+  BOOST_TEST((back.state == sd));
+  const dict& st = back.state.at("optimizer").as_dict().at("state").as_dict();
+  BOOST_TEST((st.keys() == key_type::integer));
+  BOOST_TEST((back.state.at("empty_int_dict").as_dict().keys() == key_type::integer));
+  const value& betas =
+      back.state.at("optimizer").as_dict().at("param_groups").as_list()[0].as_dict().at("betas");
+  BOOST_TEST((betas.type() == kind::tuple));
+  BOOST_TEST((back.state.at("empty_tuple").type() == kind::tuple));
+  // A string-keyed dict and a list with the same contents are different values.
+  state_dict as_list = sd;
+  as_list.at("empty_tuple") = list{};
+  BOOST_TEST(!(as_list == sd));
 }
 
 BOOST_AUTO_TEST_CASE(response_round_trips) {

@@ -5,8 +5,10 @@
 
 #include "shmckpt/error.hpp"
 #include "shmckpt/state_dict.hpp"
+#include "test_support.hpp"
 
 using namespace shmckpt;
+using shmckpt::test::expect_error;
 
 BOOST_AUTO_TEST_CASE(dtype_names_and_sizes_cover_the_safetensors_set) {
   for (std::size_t i = 0; i < dtype_count; ++i) {
@@ -99,4 +101,53 @@ BOOST_AUTO_TEST_CASE(map_tensors_replaces_tensors_in_order_and_keeps_everything_
   BOOST_TEST(out.at("n").as_list()[1].as_string() == "x");
   BOOST_TEST(out.at("s").as_double() == 2.5);
   BOOST_TEST((d.at("a").as_tensor().type() == dtype::f32));  // the source is untouched
+}
+
+BOOST_AUTO_TEST_CASE(integer_keyed_dicts_hold_canonical_int64_text_only) {
+  for (std::string_view ok : {"0", "7", "-3", "9223372036854775807", "-9223372036854775808"})
+    BOOST_TEST(is_canonical_int_key(ok), ok);
+  for (std::string_view bad : {"", "-", "-0", "007", "+1", "1.0", " 1", "9223372036854775808",
+                               "-9223372036854775809", "12345678901234567890", "x"})
+    BOOST_TEST(!is_canonical_int_key(bad), bad);
+
+  dict d = dict::with_int_keys();
+  d["1"] = 10;
+  d.insert_or_assign("-2", 20);
+  BOOST_TEST((d.keys() == key_type::integer));
+  expect_error([&] { d["01"]; }, errc::invalid_argument, "canonical decimal");
+  expect_error([&] { d.insert_or_assign("w", 1); }, errc::invalid_argument, "integer-keyed dict");
+  BOOST_TEST(d.size() == 2u);  // a refused key changes nothing
+
+  dict s{{"a", 1}};
+  expect_error([&] { s.set_key_type(key_type::integer); }, errc::invalid_argument, "key 'a'");
+  BOOST_TEST((s.keys() == key_type::string));
+  dict n{{"3", 1}};
+  n.set_key_type(key_type::integer);
+  BOOST_TEST((n.keys() == key_type::integer));
+  // The key type is part of the value: {3: 1} is not {"3": 1}.
+  BOOST_TEST(!(n == dict{{"3", 1}}));
+  // Copies, moves and map_tensors keep it.
+  dict copy = n;
+  BOOST_TEST((copy.keys() == key_type::integer));
+  BOOST_TEST((map_tensors(dict{{"x", n}}, [](const tensor& t) { return t; })
+                  .at("x").as_dict().keys() == key_type::integer));
+}
+
+BOOST_AUTO_TEST_CASE(tuples_are_their_own_kind_and_flatten_like_lists) {
+  tensor t = tensor::zeros(dtype::f32, {2});
+  state_dict sd{{"g", tuple{t, 1, tuple{t}}}};
+  BOOST_TEST((sd.at("g").type() == kind::tuple));
+  BOOST_TEST(kind_name(kind::tuple) == "tuple");
+  BOOST_TEST(sd.at("g").is_sequence());
+  BOOST_TEST(sd.at("g").as_sequence().size() == 3u);
+  expect_error([&] { sd.at("g").as_list(); }, errc::invalid_argument,
+               "value is a tuple, not a list");
+  std::vector<std::string> names;
+  for_each_tensor(sd, [&](const std::string& n, const tensor&) { names.push_back(n); });
+  BOOST_TEST((names == std::vector<std::string>{"g.0", "g.2.0"}));
+  dict cloned = deep_clone(sd);
+  BOOST_TEST((cloned.at("g").type() == kind::tuple));
+  BOOST_TEST((cloned.at("g").as_tuple()[2].type() == kind::tuple));
+  BOOST_TEST((cloned == sd));
+  BOOST_TEST(!(value(tuple{1, 2}) == value(list{1, 2})));
 }

@@ -12,6 +12,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <random>
 
@@ -173,6 +174,75 @@ BOOST_AUTO_TEST_CASE(nested_tree_with_every_value_kind_round_trips_exactly) {
                                                 "model.layers.1.weight"}));
 }
 
+// What torch.optim.Adam's state_dict() looks like: int parameter ids as keys, betas a tuple.
+BOOST_AUTO_TEST_CASE(int_keyed_dicts_and_tuples_round_trip_through_the_file) {
+  scratch_dir dir("writer");
+  dict state = dict::with_int_keys();
+  state["0"] = dict{{"step", random_tensor(dtype::f32, {}, 1)},
+                    {"exp_avg", random_tensor(dtype::f32, {3}, 2)}};
+  state["1"] = dict{{"step", random_tensor(dtype::f32, {}, 3)},
+                    {"exp_avg", random_tensor(dtype::f32, {4}, 4)}};
+  dict neg = dict::with_int_keys();
+  neg["-9223372036854775808"] = "min";
+  neg["9223372036854775807"] = "max";
+  state_dict sd{
+      {"optimizer", dict{{"state", state},
+                         {"param_groups", list{dict{{"lr", 0.001},
+                                                    {"betas", tuple{0.9, 0.999}},
+                                                    {"params", list{0, 1}}}}}}},
+      {"limits", neg},
+      {"empty", tuple{}},
+      {"nested", tuple{tuple{}, dict::with_int_keys(), list{tuple{1}}}},
+  };
+  write_safetensors(dir / "adam.safetensors", sd);
+  state_dict back = read(dir / "adam.safetensors");
+  BOOST_TEST((back == sd));
+  const dict& st = back.at("optimizer").as_dict().at("state").as_dict();
+  BOOST_TEST((st.keys() == key_type::integer));
+  BOOST_TEST((back.at("limits").as_dict().keys() == key_type::integer));
+  BOOST_TEST((back.at("optimizer").as_dict().at("param_groups").as_list()[0].as_dict()
+                  .at("betas").type() == kind::tuple));
+  // Tensor names are unchanged: integer keys flatten to their decimal text.
+  std::vector<std::string> names;
+  for (const auto& e : list_entries(dir / "adam.safetensors")) names.push_back(e.name);
+  std::sort(names.begin(), names.end());
+  BOOST_TEST((names == std::vector<std::string>{"optimizer.state.0.exp_avg",
+                                                "optimizer.state.0.step",
+                                                "optimizer.state.1.exp_avg",
+                                                "optimizer.state.1.step"}));
+  // Such a file says version 2; a tree without them stays version 1 for older readers.
+  auto version_of = [](const fs::path& f) {
+    std::ifstream in(f, std::ios::binary);
+    std::uint64_t n = 0;
+    in.read(reinterpret_cast<char*>(&n), 8);
+    std::string header(n, '\0');
+    in.read(header.data(), static_cast<std::streamsize>(n));
+    return std::string(boost::json::parse(header)
+                           .at("__metadata__").at("shmckpt.version").as_string());
+  };
+  BOOST_TEST(version_of(dir / "adam.safetensors") == "2");
+  write_safetensors(dir / "plain.safetensors", state_dict{{"x", list{1, 2}}});
+  BOOST_TEST(version_of(dir / "plain.safetensors") == "1");
+}
+
+// Files written before the format marker became "pt" keep loading.
+BOOST_AUTO_TEST_CASE(a_file_with_the_old_format_marker_still_loads) {
+  scratch_dir dir("writer");
+  std::string data(8, '\x11');
+  std::string tree = R"({"dict":[["a",{"tensor":"a"}],["step",3]]})";
+  std::string header = R"({"__metadata__":{"format":"shmckpt","shmckpt.version":"1","shmckpt.tree":)" +
+                       shmckpt_test::json_string(tree) +
+                       R"(},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  {
+    std::ofstream out(dir / "old.safetensors", std::ios::binary);
+    std::string bytes = shmckpt_test::safetensors_bytes(header, data);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  state_dict back = read(dir / "old.safetensors");
+  BOOST_TEST(back.at("step").as_int() == 3);
+  BOOST_TEST(back.at("a").as_tensor().nbytes() == 8u);
+}
+
 BOOST_AUTO_TEST_CASE(tree_at_the_depth_limit_round_trips_and_one_deeper_is_rejected) {
   scratch_dir dir("writer");
   state_dict ok = nested_dicts(64);
@@ -222,7 +292,8 @@ BOOST_AUTO_TEST_CASE(written_file_follows_the_safetensors_layout) {
   const auto& obj = doc.as_object();
   const auto& meta = obj.at("__metadata__").as_object();
   for (const auto& kv : meta) BOOST_TEST(kv.value().is_string());
-  BOOST_TEST(meta.at("format").as_string() == "shmckpt");
+  // "pt": what the Hugging Face loaders require of PyTorch safetensors files.
+  BOOST_TEST(meta.at("format").as_string() == "pt");
   BOOST_TEST(meta.at("shmckpt.version").as_string() == "1");
   boost::json::value sums = boost::json::parse(meta.at("shmckpt.checksums").as_string());
 

@@ -33,7 +33,7 @@
 namespace shmckpt::protocol {
 
 inline constexpr std::uint32_t frame_magic = 0x4B434853u;  // "SHCK" as little-endian bytes
-inline constexpr std::uint16_t protocol_version = 1;
+inline constexpr std::uint16_t protocol_version = 2;  // 2: int-keyed dict and tuple tags
 inline constexpr std::size_t header_size = 24;
 /// Largest payload either side accepts (a descriptor of ~10 million tensors).
 inline constexpr std::uint32_t max_payload_bytes = 512u << 20;

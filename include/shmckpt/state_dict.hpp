@@ -1,7 +1,14 @@
 // shmckpt/state_dict.hpp — the value tree a trainer checkpoints.
 //
-// A state dict is a `dict`: string keys in insertion order mapping to `value`s. A value is one
-// of none, bool, int64, double, string, list, dict or tensor, nested to any depth.
+// A state dict is a `dict`: keys in insertion order mapping to `value`s. A value is one of none,
+// bool, int64, double, string, list, tuple, dict or tensor, nested to any depth.
+//
+// PyTorch state dicts need two things plain JSON-like trees lack, and both survive the child
+// protocol and the checkpoint file: dicts keyed by integers (an optimizer's `state` maps
+// parameter ids to their state) and tuples (Adam's `betas`). A dict's keys are either all
+// strings or all integers (`key_type`); integer keys are stored as their canonical decimal text
+// ("0", "-3"), so lookups, iteration and flattened tensor names are the same for both. A tuple is
+// a list that remembers it was a tuple.
 //
 // A `tensor` is a dtype, a shape and a contiguous, row-major byte range. Like a framework tensor
 // it has reference semantics: copying a tensor (or a value or dict holding one) copies the view,
@@ -47,6 +54,22 @@ struct none_t {
 inline constexpr none_t none{};
 
 using list = std::vector<value>;
+
+/// A fixed sequence (Python's tuple): a list that is a distinct kind, so it comes back as a
+/// tuple. Tensors in it are named by index like list elements ("param_groups.0.betas.1").
+class tuple : public list {
+ public:
+  using list::list;
+  tuple() = default;
+  explicit tuple(list items) : list(std::move(items)) {}
+};
+
+/// What a dict's keys are. Integer keys are held as canonical decimal text (no sign on zero, no
+/// leading zeros, '-' only for negatives, within int64), so "7" names key 7.
+enum class key_type : std::uint8_t { string, integer };
+
+/// Whether `key` is the canonical decimal text of an int64 (what an integer-keyed dict holds).
+bool is_canonical_int_key(std::string_view key) noexcept;
 
 class tensor {
  public:
@@ -102,7 +125,8 @@ std::string format_shape(std::span<const std::int64_t> shape);
 /// Same dtype, same shape and identical bytes.
 bool operator==(const tensor& a, const tensor& b) noexcept;
 
-/// An ordered string-keyed map. Iteration follows insertion order; lookups are O(1).
+/// An ordered map with string keys (or integer keys, see key_type). Iteration follows insertion
+/// order; lookups are O(1).
 class dict {
  public:
   using item = std::pair<std::string, value>;
@@ -133,6 +157,15 @@ class dict {
   /// Reserves room for `n` items (avoids rehashing while building large dicts).
   void reserve(std::size_t n);
 
+  /// Whether the keys are strings (the default) or integers.
+  key_type keys() const noexcept { return keys_; }
+  /// Makes the keys integers (or strings again). Throws error(invalid_argument) naming the key
+  /// when switching to integer while a key is not canonical decimal int64 text; afterwards every
+  /// insert of such a key throws too.
+  void set_key_type(key_type k);
+  /// An empty integer-keyed dict.
+  static dict with_int_keys();
+
   std::size_t size() const noexcept;
   bool empty() const noexcept { return size() == 0; }
   iterator begin() noexcept;
@@ -150,18 +183,21 @@ class dict {
       return std::hash<std::string_view>{}(s);
     }
   };
+  void check_key(std::string_view key) const;
+
   std::vector<item> items_;
   std::unordered_map<std::string, std::size_t, key_hash, std::equal_to<>> index_;
+  key_type keys_ = key_type::string;
 };
 
-/// What a value holds.
-enum class kind : std::uint8_t { none, boolean, integer, real, string, list, dict, tensor };
+/// What a value holds. (Values are append-only: tools print and compare them.)
+enum class kind : std::uint8_t { none, boolean, integer, real, string, list, dict, tensor, tuple };
 std::string_view kind_name(kind k) noexcept;
 
 class value {
  public:
   using storage =
-      std::variant<none_t, bool, std::int64_t, double, std::string, list, dict, tensor>;
+      std::variant<none_t, bool, std::int64_t, double, std::string, list, dict, tensor, tuple>;
 
   value() noexcept = default;
   value(none_t) noexcept {}
@@ -176,6 +212,7 @@ class value {
   value(list l) noexcept : v_(std::move(l)) {}
   value(dict d) noexcept : v_(std::move(d)) {}
   value(tensor t) noexcept : v_(std::move(t)) {}
+  value(tuple t) noexcept : v_(std::move(t)) {}
 
   kind type() const noexcept { return static_cast<kind>(v_.index()); }
   bool is_none() const noexcept { return type() == kind::none; }
@@ -191,6 +228,14 @@ class value {
   const dict& as_dict() const;
   tensor& as_tensor();
   const tensor& as_tensor() const;
+  tuple& as_tuple();
+  const tuple& as_tuple() const;
+
+  /// A list or a tuple: the containers whose elements are named by index.
+  bool is_sequence() const noexcept { return type() == kind::list || type() == kind::tuple; }
+  /// The elements of a list or a tuple; throws error(invalid_argument) for other kinds.
+  list& as_sequence();
+  const list& as_sequence() const;
 
   storage& raw() noexcept { return v_; }
   const storage& raw() const noexcept { return v_; }

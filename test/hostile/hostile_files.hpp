@@ -114,6 +114,11 @@ inline std::vector<hostile_case> hostile_cases() {
                     json_string(tree) + extra + "}," + a + "}",
                 data8);
   };
+  auto with_tree_v2 = [&](const std::string& tree) {
+    return file(R"({"__metadata__":{"format":"pt","shmckpt.version":"2","shmckpt.tree":)" +
+                    json_string(tree) + "}," + a + "}",
+                data8);
+  };
   std::string deep_json = R"({"__metadata__":{},"x":)" + std::string(1000, '[') +
                           std::string(1000, ']') + "}";
   std::string deep_tree = R"({"dict":[["a",{"tensor":"a"}],["deep",)" + std::string(65, '[') +
@@ -202,8 +207,8 @@ inline std::vector<hostile_case> hostile_cases() {
       {"duplicate_metadata_key", file(R"({"__metadata__":{"k":"1","k":"2"},)" + a + "}", data8),
        "has the key 'k' twice"},
       {"unknown_format_version",
-       file(R"({"__metadata__":{"shmckpt.version":"2"},)" + a + "}", data8),
-       "understands version 1"},
+       file(R"({"__metadata__":{"shmckpt.version":"3"},)" + a + "}", data8),
+       "understands versions 1 and 2"},
       {"tree_not_json", with_tree("{\"dict\":["), "'shmckpt.tree' is not valid JSON"},
       {"tree_root_not_a_dict", with_tree("[1,2]"), "at the root: not a {\"dict\""},
       {"tree_too_deep", with_tree(deep_tree), "nests deeper than 64 levels"},
@@ -230,6 +235,24 @@ inline std::vector<hostile_case> hostile_cases() {
        "has the key 'tensor' twice"},
       {"tree_unknown_node", with_tree(R"({"dict":[["a",{"tensor":"a"}],["x",{"set":[]}]]})"),
        "unknown node type 'set'"},
+      {"tree_idict_in_a_version_1_file",
+       with_tree(R"({"dict":[["a",{"tensor":"a"}],["s",{"idict":[[0,1]]}]]})"),
+       "needs 'shmckpt.version' 2"},
+      {"tree_tuple_in_a_version_1_file",
+       with_tree(R"({"dict":[["a",{"tensor":"a"}],["b",{"tuple":[1]}]]})"),
+       "needs 'shmckpt.version' 2"},
+      {"tree_idict_string_key",
+       with_tree_v2(R"({"dict":[["a",{"tensor":"a"}],["s",{"idict":[["0",1]]}]]})"),
+       "key that is a JSON string, not an integer"},
+      {"tree_idict_key_outside_int64",
+       with_tree_v2(R"({"dict":[["a",{"tensor":"a"}],["s",{"idict":[[9223372036854775808,1]]}]]})"),
+       "not an integer in the int64 range"},
+      {"tree_idict_duplicate_key",
+       with_tree_v2(R"({"dict":[["a",{"tensor":"a"}],["s",{"idict":[[3,1],[3,2]]}]]})"),
+       "has the key '3' twice"},
+      {"tree_tuple_payload_not_array",
+       with_tree_v2(R"({"dict":[["a",{"tensor":"a"}],["b",{"tuple":{"dict":[]}}]]})"),
+       "tuple payload is a JSON object, not an array"},
       {"checksum_not_hex",
        with_tree(R"({"dict":[["a",{"tensor":"a"}]]})",
                  R"(,"shmckpt.checksums":)" + json_string(R"({"a":"not-a-checksum!!"})")),

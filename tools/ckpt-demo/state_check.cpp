@@ -17,6 +17,8 @@ std::string join(const std::string& path, const std::string& key) {
 
 std::optional<std::string> diff(const shmckpt::dict& a, const shmckpt::dict& b,
                                 const std::string& path) {
+  if (a.keys() != b.keys())
+    return (path.empty() ? std::string("the state") : path) + " (string keys vs integer keys)";
   auto ia = a.begin(), ib = b.begin();
   for (; ia != a.end() && ib != b.end(); ++ia, ++ib) {
     if (ia->first != ib->first)
@@ -37,8 +39,9 @@ std::optional<std::string> diff(const shmckpt::value& a, const shmckpt::value& b
   switch (a.type()) {
     case shmckpt::kind::dict:
       return diff(a.as_dict(), b.as_dict(), path);
-    case shmckpt::kind::list: {
-      const auto &la = a.as_list(), &lb = b.as_list();
+    case shmckpt::kind::list:
+    case shmckpt::kind::tuple: {
+      const auto &la = a.as_sequence(), &lb = b.as_sequence();
       if (la.size() != lb.size())
         return path + " (list of " + std::to_string(la.size()) + " vs " +
                std::to_string(lb.size()) + " items)";
@@ -105,8 +108,9 @@ void hash(fnv1a64& h, const shmckpt::value& v) {
       h.add(std::string_view(v.as_string()));
       break;
     case kind::list:
-      h.add(static_cast<std::uint64_t>(v.as_list().size()));
-      for (const auto& e : v.as_list()) hash(h, e);
+    case kind::tuple:
+      h.add(static_cast<std::uint64_t>(v.as_sequence().size()));
+      for (const auto& e : v.as_sequence()) hash(h, e);
       break;
     case kind::dict:
       hash(h, v.as_dict());
@@ -123,6 +127,8 @@ void hash(fnv1a64& h, const shmckpt::value& v) {
 }
 
 void hash(fnv1a64& h, const shmckpt::dict& d) {
+  // Integer keys mark the dict (string-keyed dicts hash as they always did).
+  if (d.keys() == shmckpt::key_type::integer) h.add(std::string_view("int-keys"));
   h.add(static_cast<std::uint64_t>(d.size()));
   for (const auto& [k, v] : d) {
     h.add(std::string_view(k));

@@ -368,15 +368,17 @@ void print_value(const std::string& key, const shmckpt::value& v, int indent) {
                 << " (" << t.nbytes() << " bytes)\n";
       break;
     }
-    case shmckpt::kind::list: {
-      const auto& l = v.as_list();
-      std::cout << "list (" << l.size() << ")\n";
+    case shmckpt::kind::list:
+    case shmckpt::kind::tuple: {
+      const auto& l = v.as_sequence();
+      std::cout << shmckpt::kind_name(v.type()) << " (" << l.size() << ")\n";
       for (std::size_t i = 0; i < l.size(); ++i) print_value(std::to_string(i), l[i], indent + 1);
       break;
     }
     case shmckpt::kind::dict: {
       const auto& d = v.as_dict();
-      std::cout << "dict (" << d.size() << ")\n";
+      std::cout << "dict (" << d.size()
+                << (d.keys() == shmckpt::key_type::integer ? ", int keys" : "") << ")\n";
       for (const auto& [k, child] : d) print_value(k, child, indent + 1);
       break;
     }
@@ -432,9 +434,10 @@ boost::json::value value_json(const shmckpt::value& v, const std::string& path) 
       o["bytes"] = t.nbytes();
       return o;
     }
-    case shmckpt::kind::list: {
+    case shmckpt::kind::list:
+    case shmckpt::kind::tuple: {  // JSON has no tuples; the text tree tells them apart
       boost::json::array a;
-      const auto& l = v.as_list();
+      const auto& l = v.as_sequence();
       for (std::size_t i = 0; i < l.size(); ++i)
         a.push_back(value_json(l[i], path.empty() ? std::to_string(i)
                                                   : path + "." + std::to_string(i)));
@@ -488,8 +491,8 @@ struct flat_tree {
     if (!nodes.emplace(path, &v).second) return;
     if (v.type() == shmckpt::kind::dict && !v.as_dict().empty()) {
       for (const auto& [k, child] : v.as_dict()) add(child, path + "." + k);
-    } else if (v.type() == shmckpt::kind::list && !v.as_list().empty()) {
-      const auto& l = v.as_list();
+    } else if (v.is_sequence() && !v.as_sequence().empty()) {
+      const auto& l = v.as_sequence();
       for (std::size_t i = 0; i < l.size(); ++i) add(l[i], path + "." + std::to_string(i));
     } else {
       leaves.emplace_back(path, &v);
@@ -506,7 +509,10 @@ std::string describe(const shmckpt::value& v) {
     case shmckpt::kind::real: return "float " + double_text(v.as_double());
     case shmckpt::kind::string: return "string " + quoted_string(v.as_string());
     case shmckpt::kind::list: return "list (" + std::to_string(v.as_list().size()) + ")";
-    case shmckpt::kind::dict: return "dict (" + std::to_string(v.as_dict().size()) + ")";
+    case shmckpt::kind::tuple: return "tuple (" + std::to_string(v.as_tuple().size()) + ")";
+    case shmckpt::kind::dict:
+      return "dict (" + std::to_string(v.as_dict().size()) +
+             (v.as_dict().keys() == shmckpt::key_type::integer ? ", int keys)" : ")");
     case shmckpt::kind::tensor: {
       const auto& t = v.as_tensor();
       return "tensor " + std::string(shmckpt::dtype_name(t.type())) + " " + shape_text(t.shape());
@@ -902,7 +908,7 @@ boost::json::object difference_json(const std::string& key, const shmckpt::tenso
 bool same_value(const shmckpt::value& a, const shmckpt::value& b) {
   if (a.type() != b.type()) return false;
   if (a.type() == shmckpt::kind::dict) return a.as_dict().empty() && b.as_dict().empty();
-  if (a.type() == shmckpt::kind::list) return a.as_list().empty() && b.as_list().empty();
+  if (a.is_sequence()) return a.as_sequence().empty() && b.as_sequence().empty();
   return a == b;  // bit-exact for floats
 }
 
