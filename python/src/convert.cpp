@@ -355,21 +355,12 @@ class builder {
 // (state_dict.hpp: dict::set_key_type, shmckpt::tuple); without that, an optimizer's state comes
 // back keyed by strings and torch.optim silently drops it.
 
-#ifdef SHMCKPT_PY_KEY_TYPES
 void builder::mark_integer_keys(dict& d) { d.set_key_type(key_type::integer); }
 value builder::make_sequence(list l, bool is_tuple) {
   if (is_tuple) return shmckpt::tuple(std::move(l));
   return l;
 }
 bool is_integer_dict(const dict& d) { return d.keys() == key_type::integer; }
-#else
-void builder::mark_integer_keys(dict&) {
-  throw_error(errc::unsupported,
-              "dicts with int keys need a value tree with integer keys (not in this build)");
-}
-value builder::make_sequence(list l, bool) { return l; }
-bool is_integer_dict(const dict&) { return false; }
-#endif
 
 // ---- C++ -> Python ------------------------------------------------------------------------------
 
@@ -455,7 +446,6 @@ class unbuilder {
   std::string path_;
 };
 
-#ifdef SHMCKPT_PY_KEY_TYPES
 py::object unbuilder::convert_other(const value& v) {
   if (v.type() == kind::tuple) {
     const list& l = v.as_tuple();
@@ -469,12 +459,6 @@ py::object unbuilder::convert_other(const value& v) {
   throw_error(errc::unsupported, "value '" + path_ + "' has a kind this module does not know (" +
                                      std::string(kind_name(v.type())) + ")");
 }
-#else
-py::object unbuilder::convert_other(const value& v) {
-  throw_error(errc::unsupported, "value '" + path_ + "' has a kind this module does not know (" +
-                                     std::string(kind_name(v.type())) + ")");
-}
-#endif
 
 }  // namespace
 
