@@ -158,3 +158,26 @@ def test_staging_timeout_when_every_generation_is_busy(tmp_path, test_child):
             staging.result(timeout=60)
         gate.touch()
         first[1].result(timeout=60)
+
+
+@pytest.mark.parametrize("how", ["exit", "drop", "interrupt"])
+def test_interpreter_exit_without_close_finishes_queued_writes(tmp_path, how):
+    # No close(): at exit the checkpointer is closed for the trainer (queued writes finish, the
+    # resolver threads stop) and the interpreter exits cleanly, also after a KeyboardInterrupt.
+    import subprocess
+    import sys
+    script = f"""
+import shmckpt, torch
+ck = shmckpt.AsyncCheckpointer(segment_bytes=64 << 20)
+staging, write = ck.save({str(tmp_path / 'c')!r}, {{"w": torch.ones(1 << 22)}})
+if {how!r} == "drop":
+    del ck, staging
+if {how!r} == "interrupt":
+    raise KeyboardInterrupt
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    # An uncaught KeyboardInterrupt ends the interpreter by SIGINT, as Python does.
+    assert p.returncode == (-2 if how == "interrupt" else 0), p.stderr
+    assert "Fatal" not in p.stderr and "terminate called" not in p.stderr, p.stderr
+    assert torch.equal(shmckpt.load(tmp_path / "c")["w"], torch.ones(1 << 22))
