@@ -12,7 +12,8 @@ checkpoint, and how long until the checkpoint is on disk, with
                         and fsynced by the native child, committed (durable: the write future).
 
 The stall of (c) is the save() call plus the whole staging copy, as if the trainer waited for
-`staging` at once (in a real loop it overlaps forward/backward and the stall is smaller).
+`staging` at once; in a real loop the copy overlaps forward/backward and the stall is between
+the save() call (also reported) and that.
 Methods are interleaved: each round saves once with (a), (b) and (c), mutating the tensors in
 between like a training step. The state dict is float32 "parameters" in 8 MiB tensors plus
 Adam-like state (exp_avg, exp_avg_sq per parameter, a step counter): 3x the parameter bytes.
@@ -128,20 +129,21 @@ def main():
                         t0 = time.monotonic()
                         if name == "torch.save":
                             torch.save(sd, path + ".pt")
-                            stall = written = time.monotonic() - t0
+                            call = stall = written = time.monotonic() - t0
                         elif name == "reference":
                             parent.send((clone_tree(sd), path + ".pt"))
-                            stall = time.monotonic() - t0
+                            call = stall = time.monotonic() - t0
                             assert parent.recv() == "written"
                             written = time.monotonic() - t0
                         else:
                             staging, write = ck.save(path, sd)
+                            call = time.monotonic() - t0
                             staging.result()
                             stall = time.monotonic() - t0
                             write.result()
                             written = time.monotonic() - t0
                         if r > 0:
-                            runs[name].append((stall, written))
+                            runs[name].append((call, stall, written))
                         # Keep the disk and page cache from filling: drop the previous round's.
                         prev = os.path.join(scratch, f"{name}-{r - 1}")
                         for p in (prev, prev + ".pt"):
@@ -155,8 +157,9 @@ def main():
             row = {"param_mib": mib, "state_mib": total / 2**20, "shmckpt_start_ms": ck_start * 1e3,
                    "reference_start_ms": ref_ready * 1e3}
             for name, rs in runs.items():
-                row[name] = {"stall_ms": statistics.median(s for s, _ in rs) * 1e3,
-                             "written_ms": statistics.median(w for _, w in rs) * 1e3}
+                row[name] = {"call_ms": statistics.median(c for c, _, _ in rs) * 1e3,
+                             "stall_ms": statistics.median(s for _, s, _ in rs) * 1e3,
+                             "written_ms": statistics.median(w for _, _, w in rs) * 1e3}
             row["stall_ratio_vs_reference"] = row["shmckpt"]["stall_ms"] / row["reference"]["stall_ms"]
             row["written_ratio_vs_reference"] = (row["shmckpt"]["written_ms"] /
                                                  row["reference"]["written_ms"])
@@ -178,13 +181,14 @@ def main():
     print(f"CPU: {cpu_name()}; torch {torch.__version__}; median of {args.rounds} rounds")
     print(f"checkpoint child start: reference {ref_ready * 1e3:.0f} ms, "
           f"shmckpt {results[0]['shmckpt_start_ms']:.0f} ms (incl. segment prefault)")
-    print("| state dict | method | trainer stall | checkpoint written (shmckpt: durable) |")
-    print("|---|---|---|---|")
+    print("| state dict | method | save call returns | trainer stall (snapshot taken) |"
+          " checkpoint written (shmckpt: durable) |")
+    print("|---|---|---|---|---|")
     for row in results:
         for name in ("torch.save", "reference", "shmckpt"):
             m = row[name]
             print(f"| {row['param_mib']:g} MiB params, {row['state_mib']:.0f} MiB total | {name} |"
-                  f" {m['stall_ms']:.1f} ms | {m['written_ms']:.1f} ms |")
+                  f" {m['call_ms']:.1f} ms | {m['stall_ms']:.1f} ms | {m['written_ms']:.1f} ms |")
     print()
     for row in results:
         print(f"{row['param_mib']:g} MiB: shmckpt / reference: stall "
