@@ -23,7 +23,22 @@ _live = weakref.WeakSet()
 _live_lock = threading.Lock()
 
 
+def _after_fork_in_child():
+    # The child of a fork() has the objects but none of their threads or their checkpoint child:
+    # never run their C++ destructors there (they would wait for threads that do not exist).
+    with _live_lock:
+        objs = list(_live)
+    for obj in objs:
+        core = getattr(obj, "_core", None)
+        if core is not None:
+            _core._leak(core)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _register(obj):
+    obj._pid = os.getpid()
     with _live_lock:
         _live.add(obj)
 
@@ -34,7 +49,8 @@ def _close_all():
         objs = list(_live)
     for obj in objs:
         try:
-            obj.close()
+            if obj._mine():
+                obj.close()
         except Exception:  # noqa: BLE001 - exiting; each close reports through its futures
             pass
 
@@ -48,6 +64,13 @@ def _report_missing(path, missing, stacklevel=3):
 
 
 class _Closing:
+    # The process that made the object: a forked child (a DataLoader worker) inherits the object
+    # but not the threads behind it, and must never try to close it.
+    _pid = None
+
+    def _mine(self):
+        return self._pid == os.getpid()
+
     def __enter__(self):
         return self
 
@@ -57,7 +80,8 @@ class _Closing:
 
     def __del__(self):
         try:
-            self.close()
+            if self._mine():
+                self.close()
         except Exception:  # noqa: BLE001 - finaliser
             pass
 
@@ -111,7 +135,7 @@ class AsyncCheckpointer(_Closing):
 
     def close(self):
         """Waits for every queued write, stops the child. Idempotent."""
-        if getattr(self, "_closed", True):
+        if getattr(self, "_closed", True) or not self._mine():
             return
         self._closed = True
         self._core.close()
@@ -146,7 +170,7 @@ class SyncCheckpointer(_Closing):
         return self._core.rank[1]
 
     def close(self):
-        if hasattr(self, "_core"):
+        if hasattr(self, "_core") and self._mine():
             self._core.close()
 
 
@@ -203,7 +227,7 @@ class CheckpointProcess(_Closing):
     def close(self):
         """Finishes queued writes, sends TERMINATE, waits up to shutdown_timeout, then kills
         the child. Idempotent."""
-        if getattr(self, "_closed", True):
+        if getattr(self, "_closed", True) or not self._mine():
             return
         self._closed = True
         self._core.close()

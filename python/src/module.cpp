@@ -416,6 +416,9 @@ PYBIND11_MODULE(_core, m) {
     }
   });
   m.def("_set_error_classes", &set_error_classes);
+  // Keeps an object alive for good (a forked child's copy of a C++ object must never be
+  // destroyed: its threads do not exist there).
+  m.def("_leak", [](py::object o) { o.inc_ref(); });
   shmckpt::python::register_buffer_class(m);
 
   py::class_<waitable>(m, "Waitable", "A C++ future (internal; see shmckpt.Future helpers)")

@@ -181,3 +181,23 @@ if {how!r} == "interrupt":
     assert p.returncode == (-2 if how == "interrupt" else 0), p.stderr
     assert "Fatal" not in p.stderr and "terminate called" not in p.stderr, p.stderr
     assert torch.equal(shmckpt.load(tmp_path / "c")["w"], torch.ones(1 << 22))
+
+
+def test_a_forked_child_leaves_the_parents_checkpointer_alone(tmp_path):
+    # A fork (a DataLoader worker, os.fork) inherits the checkpointer but not its threads; its
+    # exit must neither hang nor disturb the parent's checkpointer.
+    with shmckpt.AsyncCheckpointer(segment_bytes=16 << 20) as ck:
+        ck.save(tmp_path / "a", state())[1].result(timeout=60)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ck.close()  # not this process's: returns at once, touches nothing
+                code = 0
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        ck.save(tmp_path / "b", state())[1].result(timeout=60)
+    assert shmckpt.latest_checkpoint(tmp_path) == str(tmp_path / "b")
