@@ -67,11 +67,13 @@ torch_api& torch_() {
 
 // torch if it can be imported; nullptr otherwise (numpy-only callers).
 torch_api* torch_if_available() {
-  if (g_torch) return g_torch;
+  static bool missing = false;  // tried once, not importable: do not retry per value
+  if (g_torch || missing) return g_torch;
   try {
     return &torch_();
   } catch (py::error_already_set& e) {
     if (!e.matches(PyExc_ImportError)) throw;
+    missing = true;
     return nullptr;
   }
 }
