@@ -44,14 +44,22 @@ torch_api& torch_() {
   a->empty = a->module.attr("empty");
   // Every dtype torch and safetensors share; the ones this torch lacks stay None.
   static constexpr std::pair<dtype, const char*> names[] = {
-      {dtype::boolean, "bool"},       {dtype::u8, "uint8"},
-      {dtype::i8, "int8"},            {dtype::i16, "int16"},
-      {dtype::u16, "uint16"},         {dtype::f16, "float16"},
-      {dtype::bf16, "bfloat16"},      {dtype::i32, "int32"},
-      {dtype::u32, "uint32"},         {dtype::f32, "float32"},
-      {dtype::f64, "float64"},        {dtype::i64, "int64"},
-      {dtype::u64, "uint64"},         {dtype::c64, "complex64"},
-      {dtype::f8_e5m2, "float8_e5m2"}, {dtype::f8_e4m3, "float8_e4m3fn"},
+      {dtype::boolean, "bool"},
+      {dtype::u8, "uint8"},
+      {dtype::i8, "int8"},
+      {dtype::i16, "int16"},
+      {dtype::u16, "uint16"},
+      {dtype::f16, "float16"},
+      {dtype::bf16, "bfloat16"},
+      {dtype::i32, "int32"},
+      {dtype::u32, "uint32"},
+      {dtype::f32, "float32"},
+      {dtype::f64, "float64"},
+      {dtype::i64, "int64"},
+      {dtype::u64, "uint64"},
+      {dtype::c64, "complex64"},
+      {dtype::f8_e5m2, "float8_e5m2"},
+      {dtype::f8_e4m3, "float8_e4m3fn"},
       {dtype::f8_e8m0, "float8_e8m0fnu"},
   };
   for (auto& d : a->dtypes) d = py::none();
@@ -89,7 +97,7 @@ numpy_api& numpy_() {
   a->copyto = a->module.attr("copyto");
   for (auto& d : a->dtypes) d = py::none();
   static constexpr std::pair<dtype, const char*> names[] = {
-      {dtype::boolean, "bool"}, {dtype::u8, "u1"},  {dtype::i8, "i1"},  {dtype::i16, "<i2"},
+      {dtype::boolean, "bool"}, {dtype::u8, "u1"},   {dtype::i8, "i1"},   {dtype::i16, "<i2"},
       {dtype::u16, "<u2"},      {dtype::f16, "<f2"}, {dtype::i32, "<i4"}, {dtype::u32, "<u4"},
       {dtype::f32, "<f4"},      {dtype::f64, "<f8"}, {dtype::i64, "<i8"}, {dtype::u64, "<u8"},
       {dtype::c64, "<c8"},
@@ -150,9 +158,13 @@ std::shared_ptr<const void> shared_owner(std::uintptr_t p, std::size_t n) {
   return std::make_shared<tensor>(t);
 }
 
-[[noreturn]] void invalid(const std::string& msg) { throw_error(errc::invalid_argument, msg); }
+[[noreturn]] void invalid(const std::string& msg) {
+  throw_error(errc::invalid_argument, msg);
+}
 
-std::string type_name(py::handle o) { return py::str(py::type::handle_of(o).attr("__name__")); }
+std::string type_name(py::handle o) {
+  return py::str(py::type::handle_of(o).attr("__name__"));
+}
 
 std::vector<std::int64_t> shape_of(py::handle shape) {
   std::vector<std::int64_t> out;
@@ -189,8 +201,7 @@ class builder {
   builder(conversion& c, bool record) : c_(c), record_(record) {}
 
   dict root(py::handle o) {
-    if (!PyDict_Check(o.ptr()))
-      invalid("a state dict must be a dict, not '" + type_name(o) + "'");
+    if (!PyDict_Check(o.ptr())) invalid("a state dict must be a dict, not '" + type_name(o) + "'");
     return convert_dict(o);
   }
 
@@ -229,8 +240,8 @@ class builder {
     dict out;
     out.reserve(static_cast<std::size_t>(PyObject_Length(o.ptr())));
     // Iterate items(): an OrderedDict's order is its own, not its underlying dict's.
-    py::object items = PyDict_CheckExact(o.ptr()) ? py::reinterpret_borrow<py::object>(o)
-                                                  : o.attr("items")();
+    py::object items =
+        PyDict_CheckExact(o.ptr()) ? py::reinterpret_borrow<py::object>(o) : o.attr("items")();
     bool str_keys = false, int_keys = false;
     auto add = [&](py::handle k, py::handle v) {
       std::string key;
@@ -298,7 +309,8 @@ class builder {
     if (t.attr("is_neg")().cast<bool>()) t = t.attr("resolve_neg")();
     if (!t.attr("is_contiguous")().cast<bool>()) t = t.attr("contiguous")();
     auto shape = shape_of(t.attr("shape"));
-    auto nbytes = t.attr("numel")().cast<std::size_t>() * t.attr("element_size")().cast<std::size_t>();
+    auto nbytes =
+        t.attr("numel")().cast<std::size_t>() * t.attr("element_size")().cast<std::size_t>();
     auto ptr = t.attr("data_ptr")().cast<std::uintptr_t>();
     return view(o, t, d, std::move(shape), ptr, nbytes);
   }
@@ -311,10 +323,9 @@ class builder {
     auto size = dt.attr("itemsize").cast<int>();
     std::string order = py::str(dt.attr("byteorder"));
     static constexpr std::tuple<char, int, dtype> table[] = {
-        {'b', 1, dtype::boolean}, {'u', 1, dtype::u8},  {'i', 1, dtype::i8},
-        {'i', 2, dtype::i16},     {'u', 2, dtype::u16}, {'f', 2, dtype::f16},
-        {'i', 4, dtype::i32},     {'u', 4, dtype::u32}, {'f', 4, dtype::f32},
-        {'f', 8, dtype::f64},     {'i', 8, dtype::i64}, {'u', 8, dtype::u64},
+        {'b', 1, dtype::boolean}, {'u', 1, dtype::u8},  {'i', 1, dtype::i8},  {'i', 2, dtype::i16},
+        {'u', 2, dtype::u16},     {'f', 2, dtype::f16}, {'i', 4, dtype::i32}, {'u', 4, dtype::u32},
+        {'f', 4, dtype::f32},     {'f', 8, dtype::f64}, {'i', 8, dtype::i64}, {'u', 8, dtype::u64},
         {'c', 8, dtype::c64},
     };
     std::optional<dtype> d;
@@ -331,8 +342,8 @@ class builder {
     return view(o, a, *d, std::move(shape), ptr, nbytes);
   }
 
-  value view(py::handle original, py::object contiguous, dtype d,
-             std::vector<std::int64_t> shape, std::uintptr_t ptr, std::size_t nbytes) {
+  value view(py::handle original, py::object contiguous, dtype d, std::vector<std::int64_t> shape,
+             std::uintptr_t ptr, std::size_t nbytes) {
     tensor t;
     if (nbytes == 0) {
       t = tensor::zeros(d, std::move(shape));
@@ -357,12 +368,16 @@ class builder {
 // (state_dict.hpp: dict::set_key_type, shmckpt::tuple); without that, an optimizer's state comes
 // back keyed by strings and torch.optim silently drops it.
 
-void builder::mark_integer_keys(dict& d) { d.set_key_type(key_type::integer); }
+void builder::mark_integer_keys(dict& d) {
+  d.set_key_type(key_type::integer);
+}
 value builder::make_sequence(list l, bool is_tuple) {
   if (is_tuple) return shmckpt::tuple(std::move(l));
   return l;
 }
-bool is_integer_dict(const dict& d) { return d.keys() == key_type::integer; }
+bool is_integer_dict(const dict& d) {
+  return d.keys() == key_type::integer;
+}
 
 // ---- C++ -> Python ------------------------------------------------------------------------------
 
@@ -434,8 +449,8 @@ class unbuilder {
   }
 
   void copy_back(template_leaf& leaf) {
-    if (auto* t = torch_if_available(); t && PyObject_IsInstance(leaf.original.ptr(),
-                                                                 t->tensor_type.ptr()) == 1) {
+    if (auto* t = torch_if_available();
+        t && PyObject_IsInstance(leaf.original.ptr(), t->tensor_type.ptr()) == 1) {
       py::object target = leaf.original.attr("detach")();
       target.attr("copy_")(leaf.contiguous);
     } else {
@@ -464,7 +479,9 @@ py::object unbuilder::convert_other(const value& v) {
 
 }  // namespace
 
-py::object torch_dtype(dtype t) { return torch_().dtypes[static_cast<std::size_t>(t)]; }
+py::object torch_dtype(dtype t) {
+  return torch_().dtypes[static_cast<std::size_t>(t)];
+}
 
 dtype dtype_from_torch(py::handle torch_dtype, const char* what) {
   auto& t = torch_();
@@ -481,7 +498,9 @@ conversion from_python(py::handle state_dict, bool record_leaves) {
   return c;
 }
 
-py::object to_python(const state_dict& sd) { return unbuilder(nullptr).convert_dict(sd); }
+py::object to_python(const state_dict& sd) {
+  return unbuilder(nullptr).convert_dict(sd);
+}
 
 py::object to_python_in_place(const state_dict& result, conversion& c) {
   return unbuilder(&c).convert_dict(result);

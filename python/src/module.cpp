@@ -44,11 +44,16 @@ std::array<PyObject*, 16> g_error_classes{};
 
 void set_error_classes(const py::dict& classes) {
   static constexpr std::pair<errc, const char*> names[] = {
-      {errc::invalid_argument, "invalid_argument"}, {errc::corrupt_data, "corrupt_data"},
-      {errc::not_found, "not_found"},               {errc::no_space, "no_space"},
-      {errc::io_error, "io_error"},                 {errc::timeout, "timeout"},
-      {errc::child_failed, "child_failed"},         {errc::child_terminated, "child_terminated"},
-      {errc::protocol_error, "protocol_error"},     {errc::closed, "closed"},
+      {errc::invalid_argument, "invalid_argument"},
+      {errc::corrupt_data, "corrupt_data"},
+      {errc::not_found, "not_found"},
+      {errc::no_space, "no_space"},
+      {errc::io_error, "io_error"},
+      {errc::timeout, "timeout"},
+      {errc::child_failed, "child_failed"},
+      {errc::child_terminated, "child_terminated"},
+      {errc::protocol_error, "protocol_error"},
+      {errc::closed, "closed"},
       {errc::unsupported, "unsupported"},
   };
   py::object base = classes["error"];
@@ -62,7 +67,7 @@ void set_error_classes(const py::dict& classes) {
 void raise_python(const shmckpt::error& e) {
   auto idx = static_cast<std::size_t>(e.kind());
   PyObject* cls = idx < g_error_classes.size() && g_error_classes[idx] ? g_error_classes[idx]
-                                                                      : g_error_classes[0];
+                                                                       : g_error_classes[0];
   if (!cls) cls = PyExc_RuntimeError;
   PyErr_SetString(cls, e.what());
 }
@@ -80,8 +85,7 @@ std::chrono::milliseconds seconds_option(const py::handle& v, const char* name) 
 kwargs kwargs_option(const py::handle& v) {
   kwargs out;
   if (v.is_none()) return out;
-  for (auto [k, val] : py::reinterpret_borrow<py::dict>(v))
-    out[py::str(k)] = py::str(val);
+  for (auto [k, val] : py::reinterpret_borrow<py::dict>(v)) out[py::str(k)] = py::str(val);
   return out;
 }
 
@@ -96,30 +100,45 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
   auto& po = p.config.process;
   for (auto [k, v] : opts) {
     std::string key = py::str(k);
-    if (key == "segment_bytes") po.segment_bytes = v.cast<std::size_t>();
-    else if (key == "init_timeout") po.init_timeout = seconds_option(v, "init_timeout");
-    else if (key == "shutdown_timeout") po.shutdown_timeout = seconds_option(v, "shutdown_timeout");
-    else if (key == "prefault") po.prefault = v.cast<bool>();
+    if (key == "segment_bytes")
+      po.segment_bytes = v.cast<std::size_t>();
+    else if (key == "init_timeout")
+      po.init_timeout = seconds_option(v, "init_timeout");
+    else if (key == "shutdown_timeout")
+      po.shutdown_timeout = seconds_option(v, "shutdown_timeout");
+    else if (key == "prefault")
+      po.prefault = v.cast<bool>();
     else if (key == "worker_path") {
       if (!v.is_none()) {
         po.worker_path = std::filesystem::path(std::string(py::str(v)));
         po.worker = worker_binary::custom;
       }
-    } else if (key == "init_function") po.init_function = v.is_none() ? "" : std::string(py::str(v));
-    else if (key == "init_args") po.init_args = kwargs_option(v);
-    else if (key == "writer_factory") po.writer_factory = py::str(v);
-    else if (key == "writer_args") po.writer_args = kwargs_option(v);
-    else if (key == "rank") { if (!v.is_none()) p.rank = v.cast<int>(); }
-    else if (key == "world_size") { if (!v.is_none()) p.world_size = v.cast<int>(); }
-    else if (checkpointer && key == "staging_threads") p.config.staging.threads = v.cast<std::size_t>();
-    else if (checkpointer && key == "staging_generations") p.config.staging.generations = v.cast<std::size_t>();
-    else if (checkpointer && key == "staging_timeout") p.config.staging.acquire_timeout = seconds_option(v, "staging_timeout");
-    else if (checkpointer && key == "commit_timeout") p.config.commit_timeout = seconds_option(v, "commit_timeout");
+    } else if (key == "init_function")
+      po.init_function = v.is_none() ? "" : std::string(py::str(v));
+    else if (key == "init_args")
+      po.init_args = kwargs_option(v);
+    else if (key == "writer_factory")
+      po.writer_factory = py::str(v);
+    else if (key == "writer_args")
+      po.writer_args = kwargs_option(v);
+    else if (key == "rank") {
+      if (!v.is_none()) p.rank = v.cast<int>();
+    } else if (key == "world_size") {
+      if (!v.is_none()) p.world_size = v.cast<int>();
+    } else if (checkpointer && key == "staging_threads")
+      p.config.staging.threads = v.cast<std::size_t>();
+    else if (checkpointer && key == "staging_generations")
+      p.config.staging.generations = v.cast<std::size_t>();
+    else if (checkpointer && key == "staging_timeout")
+      p.config.staging.acquire_timeout = seconds_option(v, "staging_timeout");
+    else if (checkpointer && key == "commit_timeout")
+      p.config.commit_timeout = seconds_option(v, "commit_timeout");
     else
       throw_error(errc::invalid_argument,
-                  "unknown option '" + key + "'; known: segment_bytes, init_timeout, "
-                  "shutdown_timeout, prefault, worker_path, init_function, init_args, "
-                  "writer_factory, writer_args, rank, world_size" +
+                  "unknown option '" + key +
+                      "'; known: segment_bytes, init_timeout, "
+                      "shutdown_timeout, prefault, worker_path, init_function, init_args, "
+                      "writer_factory, writer_args, rank, world_size" +
                       std::string(checkpointer ? ", staging_threads, staging_generations, "
                                                  "staging_timeout, commit_timeout"
                                                : ""));
@@ -134,9 +153,9 @@ rank_info resolve_rank(const parsed_config& p) {
   }
   rank_info r = p.rank ? rank_info{*p.rank, *p.world_size} : detect_rank_info();
   if (r.world_size < 1 || r.rank < 0 || r.rank >= r.world_size)
-    throw_error(errc::invalid_argument, "rank=" + std::to_string(r.rank) +
-                                            " is not a rank of world_size=" +
-                                            std::to_string(r.world_size));
+    throw_error(errc::invalid_argument,
+                "rank=" + std::to_string(r.rank) +
+                    " is not a rank of world_size=" + std::to_string(r.world_size));
   return r;
 }
 
@@ -241,8 +260,10 @@ class py_process {
   py::object empty(py::handle shape, py::handle dt) {
     checked();
     std::vector<std::int64_t> s;
-    if (PyLong_Check(shape.ptr())) s.push_back(shape.cast<std::int64_t>());
-    else for (auto d : shape) s.push_back(d.cast<std::int64_t>());
+    if (PyLong_Check(shape.ptr()))
+      s.push_back(shape.cast<std::int64_t>());
+    else
+      for (auto d : shape) s.push_back(d.cast<std::int64_t>());
     auto d = shmckpt::python::dtype_from_torch(dt, "requested from empty()");
     auto t = p_->make_tensor(d, std::move(s));
     return shmckpt::python::tensor_to_python(t, /*shared=*/true);
@@ -342,7 +363,10 @@ class py_async {
         [&](auto& p, auto& t, auto& o) { return c.load(p, t, o); });
   }
 
-  py::tuple rank() { auto r = checked().rank(); return py::make_tuple(r.rank, r.world_size); }
+  py::tuple rank() {
+    auto r = checked().rank();
+    return py::make_tuple(r.rank, r.world_size);
+  }
   int child_pid() { return checked().process().child_pid(); }
   std::size_t segment_free_bytes() { return checked().process().segment_free_bytes(); }
 
@@ -393,7 +417,10 @@ class py_sync {
         [&](auto& p, auto& t, auto& o) { return c.load(p, t, o); });
   }
 
-  py::tuple rank() { auto r = checked().rank(); return py::make_tuple(r.rank, r.world_size); }
+  py::tuple rank() {
+    auto r = checked().rank();
+    return py::make_tuple(r.rank, r.world_size);
+  }
   void close() { c_.reset(); }
 
  private:
