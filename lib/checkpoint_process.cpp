@@ -1,13 +1,24 @@
-// Parent side of the checkpoint child: spawn, handshake, ordered writes, death detection, close.
+// Parent side of the checkpoint child: spawn, handshake, ordered writes, progress watchdog,
+// death detection, replacement, close.
 //
-// Threads. `io_thread_` spawns the child (so the parent-death signal follows a thread that lives
-// as long as this object) and then runs the io_context that owns the socket, the process handle
-// and the timers: every socket and process operation happens on it. `submit_thread_` takes
-// queued jobs in order, waits for future state dicts, copies private tensors into the segment,
-// encodes the frame and posts it to the io thread. Callers of write() only enqueue.
+// Threads. `io_thread` spawns the child (so the parent-death signal follows a thread that lives
+// as long as this object), later also its replacements, and runs the io_context that owns the
+// sockets, the process handles and the timers: every socket and process operation happens on
+// it. `submit_thread` takes queued jobs in order, waits for future state dicts, copies private
+// tensors into the segment, encodes the frame and posts it to the io thread. Callers of write()
+// only enqueue.
 //
-// State (guarded by `m_`): jobs wait in `queue_` until submitted, then sit in `in_flight_`
-// (keyed by request id) until the child's RESPONSE or the child's death resolves them.
+// Children. Each incarnation of the child is a `child` object; handlers capture the one they
+// belong to, so a late event of a dead child never touches its replacement. A child is *lost*
+// once it died (or was killed) and everything it sent has been read. Then the write it was
+// serving (the oldest in flight) fails with the cause; writes sent after it had not started, so
+// they go back to the front of the queue for the replacement. A replacement is started on the
+// same segment when there is work for it: at once when writes were sent back, else by the next
+// write() or wait_ready(). A child lost before its handshake completed ends it all
+// (`final_error`): a start that fails would fail again.
+//
+// State (guarded by `m`): jobs wait in `queue` until submitted, then sit in `in_flight` (keyed
+// by request id) until the child's RESPONSE or its loss resolves them.
 #include <boost/optional.hpp>     // Process v2 with BOOST_PROCESS_USE_STD_FS needs these first
 #include <boost/type_traits.hpp>  // (Boost 1.81 trap, see docs/design.md)
 
@@ -22,6 +33,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -43,6 +55,7 @@
 #include "shmckpt/protocol.hpp"
 #include "shmckpt/segment.hpp"
 #include "shmckpt/worker.hpp"
+#include "shmckpt/writer.hpp"
 #include "util.hpp"
 
 namespace shmckpt {
@@ -63,8 +76,18 @@ constexpr int child_segment_fd = 4;
 constexpr auto exit_status_grace = 1s;
 // After SIGKILL, how long to wait for the kernel to report the exit.
 constexpr auto kill_grace = 10s;
+// The part of shutdown_timeout close() keeps for killing and reaping a child that did not exit
+// by itself (at most a quarter of it), so that close() as a whole never takes longer.
+constexpr std::chrono::milliseconds kill_reserve = 1s;
+// The progress watchdog cannot be finer than the child's reporting interval (100 ms).
+constexpr std::chrono::milliseconds min_progress_timeout = 1s;
+// How long the io thread waits for the removal of a dead writer's temporary file (it runs on a
+// thread of its own: a directory on a hung file server must not stall the parent).
+constexpr auto temp_cleanup_wait = 2s;
 // Largest RESPONSE payload: code, message, and a small payload.
 constexpr std::uint32_t max_response_bytes = 4 + 4 + protocol::max_string_bytes + 4 + 4096;
+// Largest PROGRESS payload: one string.
+constexpr std::uint32_t max_progress_payload_bytes = 4 + protocol::max_progress_bytes;
 
 // now + a + b, saturating instead of overflowing for "wait forever" durations.
 std::chrono::steady_clock::time_point deadline_after(std::chrono::milliseconds a,
@@ -182,24 +205,98 @@ struct job {
   std::vector<std::byte> frame;
 };
 
+// One incarnation of the checkpoint child.
+struct child {
+  child(asio::io_context& io, std::uint64_t n)
+      : number(n), init_timer(io), grace_timer(io), progress_timer(io) {}
+  const std::uint64_t number;  // 1: the first child, 2: its first replacement, ...
+
+  // ---- io thread only ----
+  std::optional<bp2::process> proc;
+  unique_fd pidfd;
+  std::optional<asio::local::stream_protocol::socket> sock;
+  asio::steady_timer init_timer;      // bounds the handshake
+  asio::steady_timer grace_timer;     // after EOF or exit: waits for the other, or for the kill
+  asio::steady_timer progress_timer;  // the progress watchdog
+  std::deque<std::vector<std::byte>> outbox;
+  std::array<std::byte, protocol::header_size> rx_header{};
+  std::vector<std::byte> rx_payload;
+  std::uint64_t init_id = 0;
+  std::uint64_t ping_id = 0;
+  bool watchdog_armed = false;
+  std::string hang;  // set when the watchdog killed it: what the lost write reports
+
+  // ---- guarded by impl::m ----
+  int pid = -1;
+  bool ready = false;   // PING answered: serves writes
+  bool exited = false;  // reaped (or the wait failed, see status_known)
+  bool status_known = false;
+  int exit_status = 0;
+  bool channel_broken = false;
+  bool killed = false;  // this side sent SIGKILL
+  std::string why;      // first reason the channel was given up on
+  bool lost = false;    // dead and fully read; nothing more is sent to it or read from it
+  std::chrono::steady_clock::time_point last_progress{};  // of the oldest write in flight
+  std::string activity;  // what the child last said it was doing for that write
+};
+
+// Whether `name` is the default writer's temporary file for `final_name` written by process
+// `pid`: `.<final_name>.tmp.<pid>.<n>` (see temp_file in lib/writer.cpp).
+bool is_temp_file_of(const std::string& name, const std::string& final_name, int pid) {
+  const std::string prefix = "." + final_name + ".tmp." + std::to_string(pid) + ".";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
+                     [](char ch) { return ch >= '0' && ch <= '9'; });
+}
+
+// Removes, in `dir`, the temporary files of rank `rank`'s checkpoint file that the dead process
+// `pid` left behind. Only that exact pattern for that pid: the file of a live writer, or of
+// another rank, is never touched. Waits at most temp_cleanup_wait; a file that could not be
+// removed meanwhile is left for the next save's sweep of stale temporary files.
+void remove_dead_writers_temp_files(const std::filesystem::path& dir, int rank, int pid) noexcept {
+  namespace fs = std::filesystem;
+  try {
+    std::string final_name = checkpoint_file_path({}, rank).filename().string();
+    auto done = std::make_shared<std::promise<void>>();
+    auto finished = done->get_future();
+    std::thread([dir, final_name = std::move(final_name), pid, done] {
+      std::error_code ec;
+      for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        if (!is_temp_file_of(it->path().filename().string(), final_name, pid)) continue;
+        std::error_code ignored;
+        fs::remove(it->path(), ignored);
+      }
+      done->set_value();
+    }).detach();
+    finished.wait_for(temp_cleanup_wait);
+  } catch (...) {
+    // Out of memory or threads: the file stays for the next sweep.
+  }
+}
+
 }  // namespace
 
 struct checkpoint_process::impl {
-  explicit impl(checkpoint_process_options o) : opts(std::move(o)) {}
+  explicit impl(checkpoint_process_options o) : opts(std::move(o)) {
+    if (opts.progress_timeout < min_progress_timeout)
+      throw_error(errc::invalid_argument, "checkpoint_process_options::progress_timeout is " +
+                                              seconds_text(opts.progress_timeout) +
+                                              ", below the minimum of " +
+                                              seconds_text(min_progress_timeout) +
+                                              " (the child reports progress every 100 ms at most)");
+  }
 
   checkpoint_process_options opts;
-  segment seg = segment::create(opts.segment_bytes, opts.prefault);
+  segment seg = segment::create(segment_options{
+      .initial_bytes = opts.segment_bytes ? std::min(opts.initial_segment_bytes, opts.segment_bytes)
+                                          : opts.initial_segment_bytes,
+      .max_bytes = opts.segment_bytes,
+      .prefault = opts.prefault});
+  std::filesystem::path exe;
 
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
-  std::optional<asio::local::stream_protocol::socket> sock;
-  std::optional<bp2::process> proc;
-  unique_fd pidfd;
-  asio::steady_timer init_timer{io};
-  asio::steady_timer status_timer{io};
-  std::deque<std::vector<std::byte>> outbox;  // io thread only
-  std::array<std::byte, protocol::header_size> rx_header{};
-  std::vector<std::byte> rx_payload;
+  std::uint64_t children_started = 0;  // io thread only
 
   std::thread io_thread;
   std::thread submit_thread;
@@ -207,48 +304,45 @@ struct checkpoint_process::impl {
   // ---- guarded by m ----
   std::mutex m;
   std::condition_variable cv;
-  int pid = -1;
-  bool ready = false;
-  std::exception_ptr init_error;  // set when initialisation failed
-  std::exception_ptr dead;        // set when the child died or the channel broke
-  bool exited = false;
-  bool status_known = false;
-  int exit_status = 0;
+  std::shared_ptr<child> cur;  // the current child (possibly lost, awaiting its replacement)
+  std::vector<std::shared_ptr<child>> unreaped;  // lost without exiting; detached at close
+  bool restarting = false;                       // a replacement child is being started
+  std::exception_ptr final_error;  // no child will serve writes any more (failed start, closed)
   bool closing = false;     // close() began: no new writes
   bool stopping = false;    // submit thread must stop
   bool terminate_acked = false;
   bool submitting = false;  // the submit thread holds a job it has not yet posted
   bool killed_by_close = false;  // close() gave up waiting and killed the child
   bool closed_done = false;      // close() has finished
-  bool channel_broken = false;
-  std::string broken_reason;
   std::uint64_t next_id = 1;
   std::deque<std::shared_ptr<job>> queue;
   std::map<std::uint64_t, std::shared_ptr<job>> in_flight;
+
+  bool usable_locked() const { return cur && cur->ready && !cur->lost; }
+
+  // The write the child is serving (or will serve next): the oldest in flight.
+  job* head_write_locked() const {
+    for (const auto& [id, j] : in_flight)
+      if (j->type == proto_type::write_checkpoint) return j.get();
+    return nullptr;
+  }
 
   // ---- start-up -------------------------------------------------------------------------------
 
   void start() {
     probe_pidfd();
-    auto exe = find_worker(opts);
+    exe = find_worker(opts);
     if (::access(exe.c_str(), X_OK) != 0)
-      throw_error(errc::not_found,
-                  "checkpoint worker '" + exe.string() + "' is missing or not executable (" +
-                      std::strerror(errno) +
-                      "); install shmckpt-worker, set SHMCKPT_WORKER, or set "
-                      "checkpoint_process_options::worker_path");
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-      throw_error(errc::io_error, std::string("socketpair failed: ") + std::strerror(errno));
-    unique_fd parent_end(sv[0]), child_end(sv[1]);
-
+      throw_error(errc::not_found, "checkpoint worker '" + exe.string() +
+                                       "' is missing or not executable (" + std::strerror(errno) +
+                                       "); install shmckpt-worker, set SHMCKPT_WORKER, or set "
+                                       "checkpoint_process_options::worker_path");
     std::promise<void> spawned;
     auto spawned_f = spawned.get_future();
     // The promise moves into the thread: start() may return while set_value() is still running.
-    io_thread = std::thread([this, exe, spawned = std::move(spawned), &parent_end,
-                             &child_end]() mutable {
+    io_thread = std::thread([this, spawned = std::move(spawned)]() mutable {
       try {
-        spawn(exe, parent_end, child_end);
+        spawn_child();
         spawned.set_value();
       } catch (...) {
         spawned.set_exception(std::current_exception());
@@ -265,9 +359,15 @@ struct checkpoint_process::impl {
     submit_thread = std::thread([this] { submit_loop(); });
   }
 
-  // On the io thread, before io.run(): nothing is registered with the reactor yet, so the
-  // fork notification has nothing to redo.
-  void spawn(const std::filesystem::path& exe, unique_fd& parent_end, unique_fd& child_end) {
+  // On the io thread: the first child before io.run() (nothing is registered with the reactor
+  // yet), replacements from a handler (the reactor's fork hooks re-create its descriptors in
+  // the forked copy, which then execs at once).
+  void spawn_child() {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      throw_error(errc::io_error, std::string("socketpair failed: ") + std::strerror(errno));
+    unique_fd parent_end(sv[0]), child_end(sv[1]);
+    auto c = std::make_shared<child>(io, ++children_started);
     std::vector<std::string> args{worker_flag,
                                   "--control-fd",
                                   std::to_string(child_control_fd),
@@ -299,23 +399,29 @@ struct checkpoint_process::impl {
                   "cannot start checkpoint worker '" + exe.string() + "': " + ec.message());
     }
     child_end.reset();  // only the child holds that end now: its death means EOF here
-    proc.emplace(std::move(*spawned_proc));
+    c->proc.emplace(std::move(*spawned_proc));
     // Our own pidfd (Boost 1.81 does not expose its own): signals sent through it can never
     // reach a recycled pid.
-    pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, proc->id(), 0)));
+    c->pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, c->proc->id(), 0)));
+    c->sock.emplace(io, asio::local::stream_protocol(), parent_end.get());
+    parent_end.release();  // owned by the socket now
     {
       std::lock_guard g(m);
-      pid = proc->id();
+      c->pid = c->proc->id();
+      // The first child's handshake is ids 1 and 2 (writes start at 3); a replacement's takes
+      // the next two ids, so request ids stay unique for the life of this object.
+      c->init_id = next_id++;
+      c->ping_id = next_id++;
+      cur = c;
+      restarting = false;
+      cv.notify_all();
     }
-    sock.emplace(io, asio::local::stream_protocol(), parent_end.get());
-    parent_end.release();  // owned by the socket now
+    c->proc->async_wait([this, c](bp2::error_code e, int) { on_exit(c, e); });
+    read_next(c);
 
-    proc->async_wait([this](bp2::error_code e, int) { on_exit(e); });
-    read_next();
-
-    init_timer.expires_after(opts.init_timeout);
-    init_timer.async_wait([this](boost::system::error_code e) {
-      if (!e) on_init_timeout();
+    c->init_timer.expires_after(opts.init_timeout);
+    c->init_timer.async_wait([this, c](boost::system::error_code e) {
+      if (!e) on_init_timeout(c);
     });
     protocol::init_request init;
     init.init_function = opts.init_function;
@@ -325,92 +431,177 @@ struct checkpoint_process::impl {
     init.writer_args["rank"] = std::to_string(opts.rank.rank);
     init.writer_args["world_size"] = std::to_string(opts.rank.world_size);
     init.segment_bytes = seg.size();
-    // Ids 1 and 2 are the handshake; writes start at 3.
-    send(protocol::make_frame(proto_type::init, 1, protocol::encode_init(init)));
-    send(protocol::make_frame(proto_type::ping, 2, {}));
+    send(c, protocol::make_frame(proto_type::init, c->init_id, protocol::encode_init(init)));
+    send(c, protocol::make_frame(proto_type::ping, c->ping_id, {}));
+  }
+
+  // Starts a replacement for a lost child, unless one is starting or none may be started.
+  void restart_locked() {
+    if (restarting || closing || final_error || !cur || !cur->lost) return;
+    restarting = true;
+    asio::post(io, [this] { restart(); });
+  }
+
+  void restart() {
+    std::exception_ptr failure;
+    try {
+      spawn_child();
+      return;
+    } catch (const error& e) {
+      failure = std::make_exception_ptr(
+          error(e.kind(), std::string("cannot start a replacement checkpoint child: ") + e.what()));
+    } catch (const std::exception& e) {
+      failure = std::make_exception_ptr(error(
+          errc::io_error, std::string("cannot start a replacement checkpoint child: ") + e.what()));
+    }
     std::lock_guard g(m);
-    next_id = 3;
+    restarting = false;
+    if (!final_error) final_error = failure;
+    cv.notify_all();
   }
 
   // ---- io thread: sending ---------------------------------------------------------------------
 
-  void send(std::vector<std::byte> frame) {
-    outbox.push_back(std::move(frame));
-    if (outbox.size() == 1) write_next();
+  void send(const std::shared_ptr<child>& c, std::vector<std::byte> frame, bool is_write = false) {
+    if (!c->sock || !c->sock->is_open()) return;  // lost: the job was sent back or failed
+    if (is_write) watch_progress(c);
+    c->outbox.push_back(std::move(frame));
+    if (c->outbox.size() == 1) write_next(c);
   }
 
-  void write_next() {
-    asio::async_write(*sock, asio::buffer(outbox.front()),
-                      [this](boost::system::error_code e, std::size_t) {
+  void write_next(const std::shared_ptr<child>& c) {
+    asio::async_write(*c->sock, asio::buffer(c->outbox.front()),
+                      [this, c](boost::system::error_code e, std::size_t) {
                         if (e) {
-                          outbox.clear();
-                          on_channel_broken("writing to the control channel failed: " +
-                                            e.message());
+                          c->outbox.clear();
+                          on_channel_broken(
+                              c, "writing to the control channel failed: " + e.message());
                           return;
                         }
-                        outbox.pop_front();
-                        if (!outbox.empty()) write_next();
+                        c->outbox.pop_front();
+                        if (!c->outbox.empty()) write_next(c);
                       });
+  }
+
+  // ---- io thread: the progress watchdog -------------------------------------------------------
+
+  // A write is being sent: start the clock if no write was in flight (the watchdog disarms
+  // itself when none is).
+  void watch_progress(const std::shared_ptr<child>& c) {
+    if (c->watchdog_armed || opts.progress_timeout == std::chrono::milliseconds::max()) return;
+    auto now = std::chrono::steady_clock::now();
+    {
+      std::lock_guard g(m);
+      c->last_progress = now;
+      c->activity.clear();
+    }
+    c->watchdog_armed = true;
+    arm_watchdog(c, now + opts.progress_timeout);
+  }
+
+  void arm_watchdog(const std::shared_ptr<child>& c, std::chrono::steady_clock::time_point when) {
+    c->progress_timer.expires_at(when);
+    c->progress_timer.async_wait([this, c](boost::system::error_code e) {
+      if (!e) check_progress(c);
+    });
+  }
+
+  void check_progress(const std::shared_ptr<child>& c) {
+    std::chrono::steady_clock::time_point next;
+    {
+      std::lock_guard g(m);
+      const job* head = head_write_locked();
+      if (c->lost || c->killed || c->exited || c->channel_broken || !head) {  // dying anyway
+        c->watchdog_armed = false;
+        return;
+      }
+      next = c->last_progress + opts.progress_timeout;
+      if (std::chrono::steady_clock::now() >= next) {
+        c->hang = "checkpoint child (pid " + std::to_string(c->pid) + ") made no progress for " +
+                  seconds_text(opts.progress_timeout) + " while " +
+                  (c->activity.empty() ? "starting the write to '" + head->path.string() + "'"
+                                       : "'" + c->activity + "'") +
+                  " and was killed";
+      }
+    }
+    if (!c->hang.empty()) return kill_child(c);  // its exit then loses it
+    arm_watchdog(c, next);
   }
 
   // ---- io thread: receiving -------------------------------------------------------------------
 
-  void read_next() {
-    asio::async_read(*sock, asio::buffer(rx_header),
-                     [this](boost::system::error_code e, std::size_t) {
-                       if (e) return on_channel_broken("control channel closed: " + e.message());
-                       protocol::frame_header h;
-                       try {
-                         h = protocol::decode_header(rx_header);
-                         if (h.type != static_cast<std::uint16_t>(proto_type::response))
-                           throw_error(errc::protocol_error,
-                                       "checkpoint child sent a request frame, not a response");
-                       } catch (const error& err) {
-                         return on_protocol_violation(err.what());
-                       }
-                       if (h.payload_bytes > max_response_bytes)
-                         return on_protocol_violation(
-                             "response claims " + std::to_string(h.payload_bytes) +
-                             " payload bytes, more than a response can hold");
-                       rx_payload.resize(h.payload_bytes);
-                       asio::async_read(*sock, asio::buffer(rx_payload),
-                                        [this, id = h.request_id](boost::system::error_code e2,
-                                                                  std::size_t) {
-                                          if (e2)
-                                            return on_channel_broken("control channel closed: " +
-                                                                     e2.message());
-                                          protocol::response r;
-                                          try {
-                                            r = protocol::decode_response(rx_payload);
-                                          } catch (const error& err) {
-                                            return on_protocol_violation(err.what());
-                                          }
-                                          on_response(id, std::move(r));
-                                          read_next();
-                                        });
-                     });
+  void read_next(const std::shared_ptr<child>& c) {
+    asio::async_read(
+        *c->sock, asio::buffer(c->rx_header), [this, c](boost::system::error_code e, std::size_t) {
+          if (e) return on_channel_broken(c, "control channel closed: " + e.message());
+          protocol::frame_header h;
+          try {
+            h = protocol::decode_header(c->rx_header);
+            if (h.type != static_cast<std::uint16_t>(proto_type::response) &&
+                h.type != static_cast<std::uint16_t>(proto_type::progress))
+              throw_error(errc::protocol_error,
+                          "checkpoint child sent a request frame, not a response");
+          } catch (const error& err) {
+            return on_protocol_violation(c, err.what());
+          }
+          const bool progress = h.type == static_cast<std::uint16_t>(proto_type::progress);
+          if (h.payload_bytes > (progress ? max_progress_payload_bytes : max_response_bytes))
+            return on_protocol_violation(c, std::string(progress ? "progress report" : "response") +
+                                                " claims " + std::to_string(h.payload_bytes) +
+                                                " payload bytes, more than one can hold");
+          c->rx_payload.resize(h.payload_bytes);
+          asio::async_read(
+              *c->sock, asio::buffer(c->rx_payload),
+              [this, c, id = h.request_id, progress](boost::system::error_code e2, std::size_t) {
+                if (e2) return on_channel_broken(c, "control channel closed: " + e2.message());
+                std::string what;
+                protocol::response r;
+                try {
+                  if (progress)
+                    what = protocol::decode_progress(c->rx_payload);
+                  else
+                    r = protocol::decode_response(c->rx_payload);
+                } catch (const error& err) {
+                  return on_protocol_violation(c, err.what());
+                }
+                if (progress)
+                  on_progress(c, id, std::move(what));
+                else
+                  on_response(c, id, std::move(r));
+                read_next(c);
+              });
+        });
   }
 
-  void on_response(std::uint64_t id, protocol::response r) {
+  void on_progress(const std::shared_ptr<child>& c, std::uint64_t id, std::string what) {
+    std::lock_guard g(m);
+    if (c->lost) return;
+    // Only reports on the write being served count; anything else (a late report) is ignored.
+    auto it = in_flight.find(id);
+    if (it == in_flight.end() || it->second.get() != head_write_locked()) return;
+    c->last_progress = std::chrono::steady_clock::now();
+    c->activity = std::move(what);
+  }
+
+  void on_response(const std::shared_ptr<child>& c, std::uint64_t id, protocol::response r) {
     auto child_error = [&](const std::string& prefix) {
-      auto code = r.code <= static_cast<std::uint32_t>(errc::unsupported)
-                      ? static_cast<errc>(r.code)
-                      : errc::child_failed;
-      return std::make_exception_ptr(error(code, prefix + r.message));
+      return std::make_exception_ptr(error(protocol::errc_from_wire(r.code), prefix + r.message));
     };
-    if (id == 1) {  // INIT
+    if (id == c->init_id) {
       if (!r.ok()) {
-        init_timer.cancel();
-        fail_init(child_error("checkpoint subprocess failed to initialize: "));
-        kill_child();
+        c->init_timer.cancel();
+        fail_init(c, child_error(c->number == 1 ? "checkpoint subprocess failed to initialize: "
+                                                : "the replacement checkpoint subprocess failed to "
+                                                  "initialize: "));
+        kill_child(c);
       }
       return;
     }
-    if (id == 2) {  // PING: the handshake is complete
+    if (id == c->ping_id) {  // the handshake is complete
       std::lock_guard g(m);
-      if (!init_error && !dead) {
-        ready = true;
-        init_timer.cancel();
+      if (!final_error && !c->lost) {
+        c->ready = true;
+        c->init_timer.cancel();
       }
       cv.notify_all();
       return;
@@ -421,12 +612,17 @@ struct checkpoint_process::impl {
       auto it = in_flight.find(id);
       if (it == in_flight.end()) {
         // Not ours: the child is confused; treat as a broken channel.
-        return on_protocol_violation_locked("response for unknown request id " +
-                                            std::to_string(id));
+        return on_protocol_violation_locked(
+            c, "response for unknown request id " + std::to_string(id));
       }
       j = std::move(it->second);
       in_flight.erase(it);
-      if (j->type == proto_type::terminate) terminate_acked = true;
+      if (j->type == proto_type::terminate) {
+        terminate_acked = true;
+      } else {
+        c->last_progress = std::chrono::steady_clock::now();  // the next write starts now
+        c->activity.clear();
+      }
     }
     // Release the segment copies before the caller can see the result, so that a write issued
     // right after get() finds the room this one used.
@@ -441,115 +637,196 @@ struct checkpoint_process::impl {
       done.set_value();
   }
 
-  void on_protocol_violation_locked(const std::string& what) {
+  void on_protocol_violation_locked(const std::shared_ptr<child>& c, const std::string& what) {
     // Called with m held from on_response; defer to the io loop to avoid re-locking.
-    asio::post(io, [this, what] { on_protocol_violation(what); });
+    asio::post(io, [this, c, what] { on_protocol_violation(c, what); });
   }
 
-  void on_protocol_violation(const std::string& what) {
+  void on_protocol_violation(const std::shared_ptr<child>& c, const std::string& what) {
     // A child that breaks the protocol cannot be trusted with further requests.
-    kill_child();
-    on_channel_broken("protocol violation: " + what);
+    kill_child(c);
+    on_channel_broken(c, "protocol violation: " + what);
   }
 
   // ---- io thread: failure handling ------------------------------------------------------------
 
-  void on_init_timeout() {
+  void on_init_timeout(const std::shared_ptr<child>& c) {
     {
       // cancel() cannot recall a handler already queued: the PING may have won the race.
       std::lock_guard g(m);
-      if (ready || init_error) return;
+      if (c->ready || c->lost || final_error) return;
     }
-    fail_init(std::make_exception_ptr(
-        error(errc::timeout, "Timed out after " + seconds_text(opts.init_timeout) +
-                                 " waiting for checkpoint subprocess to initialize")));
-    kill_child();
+    fail_init(c, std::make_exception_ptr(
+                     error(errc::timeout, "Timed out after " + seconds_text(opts.init_timeout) +
+                                              " waiting for checkpoint subprocess to initialize" +
+                                              (c->number == 1 ? "" : " (a replacement child)"))));
+    kill_child(c);
   }
 
-  void fail_init(std::exception_ptr e) {
+  // A child that cannot start ends it all: a replacement would fail the same way.
+  void fail_init(const std::shared_ptr<child>& c, std::exception_ptr e) {
     std::lock_guard g(m);
-    if (!ready && !init_error) init_error = e;
+    if (!c->ready && !final_error) final_error = e;
     cv.notify_all();
   }
 
-  void kill_child() {
-    bool running;
+  void kill_child(const std::shared_ptr<child>& c) {
     {
       std::lock_guard g(m);
-      running = !exited;
+      if (c->exited || !c->proc) return;
+      c->killed = true;
     }
-    if (running && proc) {
-      // Through the pidfd, so the signal can never reach a recycled pid.
-      if (!pidfd ||
-          ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0) != 0) {
-        bp2::error_code ec;
-        proc->terminate(ec);  // SIGKILL by pid; on_exit() reaps
-      }
+    // Through the pidfd, so the signal can never reach a recycled pid.
+    if (!c->pidfd || ::syscall(SYS_pidfd_send_signal, c->pidfd.get(), SIGKILL, nullptr, 0) != 0) {
+      bp2::error_code ec;
+      c->proc->terminate(ec);  // SIGKILL by pid; on_exit() reaps
     }
   }
 
   // The child's death shows up twice: as EOF on the socket and as its exit. Responses the child
-  // sent before dying are still buffered in the socket, so failures wait for EOF (everything
+  // sent before dying are still buffered in the socket, so its loss waits for EOF (everything
   // read); the exit status, if it arrives within the grace period, names how the child died.
-  // Either event alone fails everything after the grace period (EOF may never come if a
-  // grandchild inherited the socket; the exit may lag the EOF).
-  void on_channel_broken(const std::string& why) {
+  // An exit without EOF loses it after the grace period (a grandchild may hold the socket); an
+  // EOF without exit kills it then (a child that closed its channel is of no use).
+  void on_channel_broken(const std::shared_ptr<child>& c, const std::string& why) {
     {
       std::lock_guard g(m);
-      if (dead || channel_broken) return;
-      channel_broken = true;
-      broken_reason = why;
-      if (exited) return fail_all_locked(why);
+      if (c->lost || c->channel_broken) return;
+      c->channel_broken = true;
+      if (c->why.empty()) c->why = why;
+      if (!c->exited) {
+        c->grace_timer.expires_after(exit_status_grace);
+        c->grace_timer.async_wait([this, c](boost::system::error_code e) {
+          if (e != asio::error::operation_aborted) on_grace_expired(c);
+        });
+        return;
+      }
     }
-    arm_failure_timer();
+    lose(c);
   }
 
-  void on_exit(bp2::error_code e) {
+  void on_exit(const std::shared_ptr<child>& c, bp2::error_code e) {
     {
       std::lock_guard g(m);
-      exited = true;
-      exit_status = proc->native_exit_code();
-      status_known = !e;  // e.g. ECHILD when the trainer reaps children itself
+      c->exited = true;
+      c->exit_status = c->proc->native_exit_code();
+      c->status_known = !e;  // e.g. ECHILD when the trainer reaps children itself
       cv.notify_all();
-      if (channel_broken) return fail_all_locked(broken_reason);
+      if (c->lost) return;
+      if (!c->channel_broken) {
+        c->grace_timer.expires_after(exit_status_grace);
+        c->grace_timer.async_wait([this, c](boost::system::error_code e2) {
+          if (e2 != asio::error::operation_aborted) on_grace_expired(c);
+        });
+        return;
+      }
     }
-    arm_failure_timer();
+    lose(c);
   }
 
-  void arm_failure_timer() {
-    status_timer.expires_after(exit_status_grace);
-    status_timer.async_wait([this](boost::system::error_code e) {
-      if (e == asio::error::operation_aborted) return;
+  void on_grace_expired(const std::shared_ptr<child>& c) {
+    bool exited;
+    {
       std::lock_guard g(m);
-      fail_all_locked(broken_reason);
+      if (c->lost) return;
+      exited = c->exited;
+    }
+    if (exited) return lose(c);
+    kill_child(c);
+    c->grace_timer.expires_after(kill_grace);
+    c->grace_timer.async_wait([this, c](boost::system::error_code e) {
+      if (e != asio::error::operation_aborted) lose(c);  // even unreaped: give up on it
     });
   }
 
-  // Fails everything pending and every later write. Expected after a clean TERMINATE.
-  void fail_all_locked(const std::string& why) {
-    if (dead) return;
-    std::string msg;
-    errc code = errc::child_terminated;
-    if (terminate_acked || killed_by_close) {
-      code = errc::closed;
-      msg = killed_by_close ? "checkpoint process was closed: the child did not finish within "
-                              "shutdown_timeout and was killed"
-                            : "checkpoint process was closed";
-    } else {
-      msg = "Child process terminated unexpectedly";
-      if (exited && status_known)
-        msg += " (" + describe_status(exit_status) + ")";
-      else if (exited)
-        msg += " (exit status unavailable)";
-      else if (!why.empty())
-        msg += " (" + why + ")";
-      msg += "; pending checkpoints were not written";
+  // The child is gone for good: fail the write it was serving (after removing what it left of
+  // that write on disk), send the writes behind it back to the queue for a replacement, or fail
+  // everything when no replacement may come (failed start, close).
+  void lose(const std::shared_ptr<child>& c) {
+    std::filesystem::path head_dir;
+    int pid;
+    bool exited;
+    {
+      std::lock_guard g(m);
+      if (c->lost) return;
+      c->lost = true;
+      pid = c->pid;
+      exited = c->exited;
+      if (!exited) unreaped.push_back(c);
+      if (const job* h = head_write_locked()) head_dir = h->path;
     }
-    dead = std::make_exception_ptr(error(code, msg));
-    if (!ready && !init_error) init_error = dead;
-    for (auto& [id, j] : in_flight) j->done.set_exception(dead);
-    in_flight.clear();
-    cv.notify_all();
+    boost::system::error_code ignored;
+    c->init_timer.cancel();
+    c->grace_timer.cancel();
+    c->progress_timer.cancel();
+    if (c->sock) c->sock->close(ignored);
+    // A dead writer's temporary file would stay forever (preallocated to the full size); a
+    // child that might still live could yet rename it into place, so only when it is reaped.
+    if (exited && !head_dir.empty()) remove_dead_writers_temp_files(head_dir, opts.rank.rank, pid);
+
+    std::vector<std::pair<std::shared_ptr<job>, std::exception_ptr>> failed;
+    {
+      std::lock_guard g(m);
+      // Why it died, in the words the futures will carry.
+      errc code = errc::child_terminated;
+      std::string cause;
+      if (closing && (terminate_acked || killed_by_close)) {
+        code = errc::closed;
+        cause = killed_by_close ? "checkpoint process was closed: the child did not finish within "
+                                  "shutdown_timeout and was killed"
+                                : "checkpoint process was closed";
+      } else if (!c->hang.empty()) {
+        code = errc::timeout;
+        cause = c->hang;
+      } else {
+        cause = "Child process terminated unexpectedly";
+        if (c->killed && !c->why.empty())
+          cause += " (" + c->why + ")";
+        else if (c->exited && c->status_known)
+          cause += " (" + describe_status(c->exit_status) + ")";
+        else if (c->exited)
+          cause += " (exit status unavailable)";
+        else if (!c->why.empty())
+          cause += " (" + c->why + ")";
+      }
+      if (!c->ready && !final_error) {
+        // It never completed its handshake: a failed start (or restart) is final.
+        final_error = std::make_exception_ptr(error(
+            code,
+            (c->number == 1 ? "" : "the replacement checkpoint child failed to start: ") + cause));
+      }
+      const bool replaceable = !closing && !final_error;
+      bool head_done = false;
+      std::deque<std::shared_ptr<job>> back;
+      for (auto& [id, j] : in_flight) {
+        if (j->type == proto_type::write_checkpoint && !head_done) {
+          head_done = true;
+          failed.emplace_back(
+              j, std::make_exception_ptr(error(
+                     code,
+                     cause + "; the checkpoint '" + j->path.string() + "' was not written" +
+                         (replaceable ? "; the next write starts a new checkpoint child" : ""))));
+        } else if (replaceable) {
+          // Sent, but the child serves in order and never started it: the replacement will.
+          j->encode_on_submit = true;
+          j->frame.clear();
+          back.push_back(j);
+        } else {
+          failed.emplace_back(j, std::make_exception_ptr(error(
+                                     code, cause + "; pending checkpoints were not written")));
+        }
+      }
+      in_flight.clear();
+      queue.insert(queue.begin(), back.begin(), back.end());
+      if (replaceable && !queue.empty()) restart_locked();
+      cv.notify_all();
+    }
+    // Outside the lock, copies released first (as on_response does).
+    for (auto& [j, e] : failed) {
+      auto done = std::move(j->done);
+      j.reset();
+      done.set_exception(e);
+    }
   }
 
   // ---- submit thread --------------------------------------------------------------------------
@@ -559,7 +836,8 @@ struct checkpoint_process::impl {
       std::shared_ptr<job> j;
       {
         std::unique_lock lk(m);
-        cv.wait(lk, [&] { return stopping || (!queue.empty() && (ready || dead || init_error)); });
+        cv.wait(lk,
+                [&] { return stopping || (!queue.empty() && (usable_locked() || final_error)); });
         if (stopping && queue.empty()) return;
         if (queue.empty()) continue;
         j = queue.front();
@@ -575,15 +853,15 @@ struct checkpoint_process::impl {
   void submit(const std::shared_ptr<job>& j) {
     try {
       if (j->pending) {
-        // Wait for the producer, but notice close() and a dead child meanwhile.
+        // Wait for the producer, but notice close() and a failed child meanwhile.
         // `timeout` only: a deferred future reports `deferred` at once and runs in get() below.
         while (j->pending->wait_for(50ms) == std::future_status::timeout) {
           std::lock_guard g(m);
-          if (stopping || dead || init_error) break;
+          if (stopping || final_error) break;
         }
         {
           std::lock_guard g(m);
-          if (auto e = dead ? dead : init_error) std::rethrow_exception(e);
+          if (final_error) std::rethrow_exception(final_error);
           if (stopping)
             throw error(errc::closed,
                         "checkpoint process was closed before the state dict for '" +
@@ -594,10 +872,29 @@ struct checkpoint_process::impl {
       } else if (j->encode_on_submit) {
         encode_now(*j);
       }
-      std::lock_guard g(m);
-      if (auto e = dead ? dead : init_error) std::rethrow_exception(e);
-      in_flight.emplace(j->id, j);
-      asio::post(io, [this, frame = std::move(j->frame)]() mutable { send(std::move(frame)); });
+      std::shared_ptr<child> c;
+      {
+        std::lock_guard g(m);
+        if (final_error) std::rethrow_exception(final_error);
+        if (stopping)
+          throw error(errc::closed, "checkpoint process was closed before the write was sent");
+        if (!usable_locked()) {
+          // The child was lost meanwhile: wait for its replacement, in order.
+          j->encode_on_submit = true;
+          j->frame.clear();
+          auto at = std::find_if(queue.begin(), queue.end(),
+                                 [&](const auto& q) { return q->id > j->id; });
+          queue.insert(at, j);
+          restart_locked();
+          return;
+        }
+        in_flight.emplace(j->id, j);
+        c = cur;
+      }
+      const bool is_write = j->type == proto_type::write_checkpoint;
+      asio::post(io, [this, c, is_write, frame = std::move(j->frame)]() mutable {
+        send(c, std::move(frame), is_write);
+      });
     } catch (...) {
       j->done.set_exception(std::current_exception());
       abandon_pending(*j);
@@ -607,29 +904,29 @@ struct checkpoint_process::impl {
   // Copies every tensor not already in the segment into it and encodes the WRITE frame.
   void prepare(job& j, const state_dict& sd) {
     j.prepared = share(sd);
-    j.frame = protocol::make_frame(
-        proto_type::write_checkpoint, j.id,
-        protocol::encode_write(j.path.string(), j.prepared, j.kw,
-                               [this](const tensor& t) { return seg.offset_of(t.data()); }));
+    encode_now(j);
   }
 
   // Whether every tensor in the tree already lies in the segment (no allocation: this runs in
-  // the caller of write()).
-  bool all_shared(const value& v) const {
+  // the caller of write()). A tree deeper than the limit answers false, so that it takes the
+  // copying path, whose walk rejects it with the path named.
+  bool all_shared(const value& v, std::size_t level) const {
     switch (v.type()) {
       case kind::tensor: return seg.contains(v.as_tensor().data(), v.as_tensor().nbytes());
-      case kind::dict: return all_shared(v.as_dict());
+      case kind::dict: return all_shared(v.as_dict(), level + 1);
       case kind::list:
       case kind::tuple:
+        if (level + 1 > max_nesting_depth) return false;
         for (const auto& e : v.as_sequence())
-          if (!all_shared(e)) return false;
+          if (!all_shared(e, level + 1)) return false;
         return true;
       default: return true;
     }
   }
-  bool all_shared(const dict& d) const {
+  bool all_shared(const dict& d, std::size_t level = 1) const {
+    if (level > max_nesting_depth) return false;
     for (const auto& [k, v] : d)
-      if (!all_shared(v)) return false;
+      if (!all_shared(v, level)) return false;
     return true;
   }
 
@@ -657,15 +954,22 @@ struct checkpoint_process::impl {
 
   // ---- public operations ----------------------------------------------------------------------
 
+  // Returns once a child serves writes, starting a replacement for a lost one first.
   void wait_ready() {
     std::unique_lock lk(m);
-    // The init timer bounds this wait; the extra margin only guards against a stuck io thread.
-    auto deadline = deadline_after(opts.init_timeout, 5s);
-    if (!cv.wait_until(lk, deadline, [&] { return ready || init_error || dead; }))
-      throw error(errc::timeout, "Timed out after " + seconds_text(opts.init_timeout) +
-                                     " waiting for checkpoint subprocess to initialize");
-    if (init_error) std::rethrow_exception(init_error);
-    if (!ready && dead) std::rethrow_exception(dead);
+    for (;;) {
+      if (final_error) std::rethrow_exception(final_error);
+      if (closing || usable_locked()) return;  // after close, write() reports it
+      restart_locked();
+      auto c = cur;
+      // The init timer bounds this wait; the extra margin only guards against a stuck io thread.
+      if (!cv.wait_until(lk, deadline_after(opts.init_timeout, 5s), [&] {
+            return final_error || closing || usable_locked() || cur != c ||
+                   (cur->lost && !restarting);
+          }))
+        throw error(errc::timeout, "Timed out after " + seconds_text(opts.init_timeout) +
+                                       " waiting for checkpoint subprocess to initialize");
+    }
   }
 
   std::future<void> enqueue(std::shared_ptr<job> j) {
@@ -692,31 +996,36 @@ struct checkpoint_process::impl {
                                   "' after the checkpoint process was closed")));
       return f;
     }
-    if (dead) {
-      j->done.set_exception(dead);
+    if (final_error) {
+      j->done.set_exception(final_error);
       return f;
     }
     j->id = next_id++;
     if (!j->pending && !j->encode_on_submit) set_frame_id(j->frame, j->id);
-    if (!j->pending && queue.empty() && !submitting && ready) {
+    if (!j->pending && queue.empty() && !submitting && usable_locked()) {
       // Nothing is ahead of this job on the submit thread: hand it straight to the io thread
       // (posts run in order there), saving a thread hop on every request.
       in_flight.emplace(j->id, j);
-      asio::post(io, [this, j] {
+      asio::post(io, [this, c = cur, j] {
+        {
+          std::lock_guard lk(m);
+          if (c->lost) return;  // the job went back to the queue with the others
+        }
         if (j->encode_on_submit) {
           try {
             encode_now(*j);
           } catch (...) {
-            std::lock_guard g(m);
+            std::lock_guard lk(m);
             if (in_flight.erase(j->id)) j->done.set_exception(std::current_exception());
             return;
           }
         }
-        send(std::move(j->frame));
+        send(c, std::move(j->frame), true);
       });
       return f;
     }
     queue.push_back(std::move(j));
+    restart_locked();  // no-op unless the child was lost
     cv.notify_all();
     return f;
   }
@@ -732,6 +1041,8 @@ struct checkpoint_process::impl {
     std::memcpy(frame.data() + 8, &id, sizeof id);  // request_id: bytes 8..15 of the header
   }
 
+  // Bounded by shutdown_timeout as a whole: queued writes and TERMINATE get all of it but the
+  // kill reserve; a child still there then is killed, and waited for until the end.
   void close() noexcept {
     {
       std::unique_lock lk(m);
@@ -742,42 +1053,45 @@ struct checkpoint_process::impl {
       }
       closing = true;
     }
-    bool graceful;
+    using clock = std::chrono::steady_clock;
+    const auto end = deadline_after(opts.shutdown_timeout);
+    const auto reserve = std::min(kill_reserve, opts.shutdown_timeout / 4);
+    const auto kill_at = end == clock::time_point::max() ? end : end - reserve;
+    std::shared_ptr<child> c;
     {
-      // Closing during the handshake: let it finish (bounded by the init timer) first.
       std::unique_lock lk(m);
-      cv.wait_until(lk, deadline_after(opts.init_timeout, 5s),
-                    [&] { return ready || init_error || dead; });
-      graceful = ready && !dead && !exited;
-    }
-    if (graceful) {
-      auto t = std::make_shared<job>();
-      t->type = proto_type::terminate;
-      t->path = "<terminate>";
-      {
+      // A child still starting (the first one, or a replacement for writes sent back) may
+      // finish its handshake first.
+      cv.wait_until(lk, kill_at, [&] {
+        return final_error || (!restarting && cur && (cur->ready || cur->lost));
+      });
+      c = cur;
+      if (c && c->ready && !c->lost && !final_error) {
+        auto t = std::make_shared<job>();
+        t->type = proto_type::terminate;
+        t->path = "<terminate>";
         // enqueue() refuses after `closing`; queue TERMINATE directly, behind pending writes.
-        std::lock_guard g(m);
         t->id = next_id++;
         t->frame = protocol::make_frame(proto_type::terminate, t->id, {});
         queue.push_back(t);
         cv.notify_all();
+        cv.wait_until(lk, kill_at, [&] { return c->lost; });
       }
-      std::unique_lock lk(m);
-      cv.wait_until(lk, deadline_after(opts.shutdown_timeout), [&] { return exited; });
     }
     std::deque<std::shared_ptr<job>> unsent;
     {
       std::unique_lock lk(m);
-      if (!exited) {
-        killed_by_close = true;
-        lk.unlock();
-        asio::post(io, [this] { kill_child(); });
-        lk.lock();
-        cv.wait_for(lk, kill_grace, [&] { return exited; });
+      if (c && !c->lost) {
+        if (!c->exited) {
+          killed_by_close = true;
+          lk.unlock();
+          asio::post(io, [this, c] { kill_child(c); });
+          lk.lock();
+        }
+        // Let the io thread read what the child sent before exiting and record how it ended,
+        // so a crash during close is reported as such rather than as a plain close.
+        cv.wait_until(lk, end, [&] { return c->lost; });
       }
-      // Let the io thread read what the child sent before exiting and record how it ended, so
-      // a crash during close is reported as such rather than as a plain close.
-      cv.wait_for(lk, exit_status_grace + 1s, [&] { return dead != nullptr; });
       stopping = true;
       unsent.swap(queue);
       cv.notify_all();
@@ -790,26 +1104,34 @@ struct checkpoint_process::impl {
     {
       std::lock_guard g(m);
       unanswered.swap(in_flight);
-      if (!dead)
-        dead = std::make_exception_ptr(
+      if (!final_error)
+        final_error = std::make_exception_ptr(
             error(errc::closed, "checkpoint process was closed before the write completed"));
     }
     for (auto& [id, j] : unanswered)
-      j->done.set_exception(std::make_exception_ptr(
-          error(errc::closed, "checkpoint process was closed before the write completed")));
+      j->done.set_exception(std::make_exception_ptr(error(
+          errc::closed, killed_by_close
+                            ? "checkpoint process was closed: the child did not finish within "
+                              "shutdown_timeout and was killed"
+                            : "checkpoint process was closed before the write completed")));
     unanswered.clear();
     work.reset();
-    asio::post(io, [this] {
-      boost::system::error_code ignored;
-      if (sock) sock->close(ignored);
-      init_timer.cancel();
-      status_timer.cancel();
+    asio::post(io, [this, c] {
+      if (c) {
+        boost::system::error_code ignored;
+        if (c->sock) c->sock->close(ignored);
+        c->init_timer.cancel();
+        c->grace_timer.cancel();
+        c->progress_timer.cancel();
+      }
       io.stop();
     });
     if (io_thread.joinable()) io_thread.join();
-    // If the child could not be reaped even after SIGKILL, detach so ~process does not block.
-    if (proc && !exited) proc->detach();
     std::lock_guard g(m);
+    // Children that could not be reaped even after SIGKILL: detach, so ~process does not block.
+    if (c && c->proc && !c->exited) c->proc->detach();
+    for (auto& u : unreaped)
+      if (u->proc && !u->exited) u->proc->detach();
     closed_done = true;
     cv.notify_all();
   }
@@ -874,12 +1196,12 @@ std::size_t checkpoint_process::segment_free_bytes() const { return impl_->seg.f
 
 int checkpoint_process::child_pid() const noexcept {
   std::lock_guard g(impl_->m);
-  return impl_->pid;
+  return impl_->cur ? impl_->cur->pid : -1;
 }
 
 bool checkpoint_process::child_running() const {
   std::lock_guard g(impl_->m);
-  return !impl_->exited;
+  return impl_->cur && !impl_->cur->exited;
 }
 
 void checkpoint_process::close() noexcept { impl_->close(); }

@@ -126,8 +126,11 @@ void async_checkpointer::close() {
   if (closed_) return;
   closed_ = true;
   stager_->close();
-  process_->close();  // finishes queued writes first
+  process_->close();  // finishes queued writes first; every future is ready afterwards
+  // A failure save() has not reported yet is thrown here, so it cannot go unnoticed.
+  auto outstanding = std::move(outstanding_);
   outstanding_.clear();
+  for (auto& w : outstanding) w.get();
 }
 
 checkpoint_process& async_checkpointer::process() { return *process_; }

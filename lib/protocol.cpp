@@ -279,7 +279,8 @@ bool known_type(std::uint16_t t) {
     case message_type::ping:
     case message_type::write_checkpoint:
     case message_type::terminate:
-    case message_type::response: return true;
+    case message_type::response:
+    case message_type::progress: return true;
   }
   return false;
 }
@@ -374,7 +375,7 @@ std::vector<std::byte> encode_write(const std::string& path, const state_dict& s
   byte_writer w;
   w.put_string(path);
   w.put_kwargs(kw);
-  encode_dict(w, sd, offset_of, 0);
+  encode_dict(w, sd, offset_of, 1);  // the root dict is level 1
   return w.take();
 }
 
@@ -385,7 +386,7 @@ write_request decode_write(std::span<const std::byte> payload, const resolve_fun
   if (out.path.empty()) fail("checkpoint path is empty");
   if (out.path.find('\0') != std::string::npos) fail("checkpoint path contains a NUL byte");
   out.kw = r.get_kwargs("write kwargs");
-  out.state = decode_dict(r, resolve, 0);
+  out.state = decode_dict(r, resolve, 1);
   r.expect_end("WRITE_CHECKPOINT payload");
   return out;
 }
@@ -411,6 +412,28 @@ response decode_response(std::span<const std::byte> payload) {
   out.payload.resize(n);
   for (auto& b : out.payload) b = r.get<std::byte>("response payload");
   return out;
+}
+
+std::vector<std::byte> encode_progress(std::string_view what) {
+  if (what.size() > max_progress_bytes) {
+    // Cut at a character boundary: never leave half a UTF-8 sequence at the end.
+    std::size_t n = max_progress_bytes;
+    while (n > 0 && (static_cast<unsigned char>(what[n]) & 0xC0) == 0x80) --n;
+    what = what.substr(0, n);
+  }
+  byte_writer w;
+  w.put_string(what);
+  return w.take();
+}
+
+std::string decode_progress(std::span<const std::byte> payload) {
+  byte_reader r(payload);
+  auto what = r.get_string("progress description");
+  if (what.size() > max_progress_bytes)
+    fail("progress description of " + std::to_string(what.size()) + " bytes exceeds " +
+         std::to_string(max_progress_bytes));
+  r.expect_end("PROGRESS payload");
+  return what;
 }
 
 }  // namespace shmckpt::protocol

@@ -42,6 +42,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "regular_file.hpp"
 #include "safetensors.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/writer.hpp"
@@ -107,18 +108,10 @@ checkpoint_file open_checkpoint(const fs::path& path) {
   checkpoint_file f;
   f.path = path;
   f.label = "checkpoint '" + path.string() + "'";
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    if (err == ENOENT) throw_error(errc::not_found, f.label + ": no such file");
-    throw_error(errc::io_error, f.label + ": cannot open: " + os_message(err));
-  }
-  f.fd.reset(fd);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0)
-    throw_error(errc::io_error, f.label + ": cannot stat: " + os_message(errno));
-  if (!S_ISREG(st.st_mode)) throw_error(errc::io_error, f.label + ": not a regular file");
-  f.size = static_cast<std::uint64_t>(st.st_size);
+  // Never a blocking open: a FIFO named like a checkpoint must not hang the reader.
+  detail::regular_file r = detail::open_regular_file(path, f.label);
+  f.fd = std::move(r.fd);
+  f.size = r.size;
   return f;
 }
 

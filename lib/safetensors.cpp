@@ -1225,6 +1225,14 @@ std::size_t element_alignment(dtype t) noexcept {
   return std::min<std::size_t>(bits / 8, 8);
 }
 
+namespace {
+// The sort key of the data layout: 8, 4, 2, 1, then 0 for the packed sub-byte types, which go
+// after every whole-byte type (docs/format.md, "Order").
+std::size_t layout_rank(dtype t) noexcept {
+  return dtype_bits(t) % 8 != 0 ? 0 : element_alignment(t);
+}
+}  // namespace
+
 // ---- writing ---------------------------------------------------------------------------------
 
 encoded_header encode_header(const state_dict& sd, bool checksums) {
@@ -1242,8 +1250,7 @@ encoded_header encode_header(const state_dict& sd, bool checksums) {
 
   std::stable_sort(h.tensors.begin(), h.tensors.end(),
                    [](const planned_tensor& a, const planned_tensor& b) {
-                     return element_alignment(a.source->type()) >
-                            element_alignment(b.source->type());
+                     return layout_rank(a.source->type()) > layout_rank(b.source->type());
                    });
   for (auto& t : h.tensors) {
     t.offset = h.data_size;

@@ -40,7 +40,7 @@ namespace shmckpt::detail {
 /// Largest JSON header accepted (bytes), checked before allocating or parsing.
 inline constexpr std::uint64_t max_header_bytes = 100'000'000;
 /// Deepest state-dict nesting (dicts and lists, the root dict counting as 1).
-inline constexpr std::size_t max_tree_depth = 64;
+inline constexpr std::size_t max_tree_depth = max_nesting_depth;
 /// Most dimensions a tensor may have.
 inline constexpr std::size_t max_tensor_rank = 1024;
 
@@ -66,7 +66,8 @@ std::string quote_name(std::string_view name);
 std::string shape_string(const std::vector<std::int64_t>& shape);
 
 /// The natural alignment of `t`'s elements in bytes (1 for the packed sub-byte types, 8 at most).
-/// The writer orders the data section by it; the reader copies tensors that miss it.
+/// The reader copies tensors that miss it; the writer orders the data section by element size,
+/// packed sub-byte types last.
 std::size_t element_alignment(dtype t) noexcept;
 
 // ---- writing ---------------------------------------------------------------------------------

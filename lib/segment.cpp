@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <boost/interprocess/managed_external_buffer.hpp>
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -24,16 +26,27 @@ namespace bip = boost::interprocess;
 // The allocator's metadata lives at the start of the mapping. It uses null_mutex_family (no
 // process-shared mutex that a dying process could leave locked); `lock` serialises the parent's
 // threads, and the child never touches the metadata.
+//
+// Growth. Each process reserves an address range of `reserved` bytes (PROT_NONE, no memory
+// behind it) and maps the memory file at its start; growing the file and mapping the new tail
+// MAP_FIXED right after the old one keeps every address and every offset valid, so tensors
+// already handed out, the allocator's metadata and the offsets in descriptors never move. The
+// parent grows the file (ftruncate + fallocate, so a shortage fails at once as no_space) and
+// then the allocator; the child maps the tail when it first resolves an offset beyond what it
+// has mapped, after checking the file really is that large.
 struct segment::impl {
   unique_fd fd;
   std::byte* base = nullptr;
-  std::size_t size = 0;
+  std::atomic<std::size_t> size{0};  // bytes mapped (and in the file) so far
+  std::size_t reserved = 0;          // the address range held for growth
+  std::size_t max_size = 0;          // growth stops here (== size for a fixed segment)
+  bool prefault = true;
   std::optional<bip::managed_external_buffer> allocator;  // parent only
-  mutable std::mutex lock;
+  mutable std::mutex lock;       // allocator and growth (parent), tail mapping (child)
 
   ~impl() {
     allocator.reset();
-    if (base) ::munmap(base, size);
+    if (base) ::munmap(base, reserved);
   }
 };
 
@@ -90,11 +103,73 @@ segment::segment(segment&&) noexcept = default;
 segment& segment::operator=(segment&&) noexcept = default;
 segment::~segment() = default;
 
+namespace {
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+// The address range a process holds for a segment that may grow to `max_size`: the whole of
+// physical memory when unbounded (the memory itself can never exceed it). Costs no memory.
+std::size_t reservation_for(std::size_t max_size, std::size_t at_least) {
+  std::size_t phys = static_cast<std::size_t>(::sysconf(_SC_PHYS_PAGES)) * page_size();
+  std::size_t r = std::max(at_least, std::min(max_size, std::max(phys, at_least)));
+  return round_up(r, page_size());
+}
+
+std::byte* reserve_range(std::size_t n) {
+  void* p = ::mmap(nullptr, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED)
+    throw_error(errc::no_space, "cannot reserve " + format_bytes(n) +
+                                    " of address space for the shared segment: " +
+                                    std::strerror(errno));
+  return static_cast<std::byte*>(p);
+}
+
+// Makes the file [old, new) real memory: a shortage fails here, not as SIGBUS on first touch.
+void extend_file(int fd, std::size_t old_size, std::size_t new_size) {
+  if (::ftruncate(fd, static_cast<off_t>(new_size)) != 0)
+    throw_error(errc::io_error, "cannot size the shared segment to " + format_bytes(new_size) +
+                                    ": " + std::strerror(errno));
+  if (::fallocate(fd, 0, static_cast<off_t>(old_size),
+                  static_cast<off_t>(new_size - old_size)) != 0) {
+    int e = errno;
+    if (::ftruncate(fd, static_cast<off_t>(old_size)) != 0) {
+      // The file keeps its larger size; nothing maps the tail, so nothing can touch it.
+    }
+    throw_error(e == ENOSPC || e == ENOMEM ? errc::no_space : errc::io_error,
+                "cannot reserve " + format_bytes(new_size - old_size) +
+                    " more for the shared segment (" + std::strerror(e) + "); " +
+                    format_bytes(available_memory_bytes()) +
+                    " of memory is available; free memory or save a smaller state dict");
+  }
+}
+
+void map_tail(std::byte* base, int fd, std::size_t from, std::size_t to, bool populate) {
+  int flags = MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0);
+  void* p = ::mmap(base + from, to - from, PROT_READ | PROT_WRITE, flags, fd,
+                   static_cast<off_t>(from));
+  if (p == MAP_FAILED)
+    throw_error(errc::no_space, "cannot map " + format_bytes(to - from) +
+                                    " of the shared segment: " + std::strerror(errno));
+}
+
+}  // namespace
+
 segment segment::create(std::size_t bytes, bool prefault) {
+  segment_options o;
+  o.initial_bytes = bytes;
+  o.max_bytes = bytes;
+  o.prefault = prefault;
+  return create(o);
+}
+
+segment segment::create(const segment_options& o) {
+  std::size_t bytes = o.initial_bytes;
   if (bytes == 0) throw_error(errc::invalid_argument, "shared segment size must be positive");
   const std::size_t p = page_size();
-  if (bytes > SIZE_MAX - p) throw_error(errc::invalid_argument, "shared segment size overflows");
-  bytes = (bytes + p - 1) / p * p;
+  if (bytes > SIZE_MAX / 2 || o.max_bytes > SIZE_MAX / 2)
+    throw_error(errc::invalid_argument, "shared segment size overflows");
+  bytes = round_up(bytes, p);
+  std::size_t max_size = o.max_bytes == 0 ? SIZE_MAX / 4 : std::max(round_up(o.max_bytes, p), bytes);
 
   auto avail = available_memory_bytes();
   if (bytes > avail)
@@ -112,26 +187,23 @@ segment segment::create(std::size_t bytes, bool prefault) {
   }
   auto s = std::make_shared<impl>();
   s->fd.reset(raw);
-  s->size = bytes;
-  if (::ftruncate(raw, static_cast<off_t>(bytes)) != 0)
-    throw_error(errc::io_error, "cannot size the shared segment to " + format_bytes(bytes) +
-                                    ": " + std::strerror(errno));
-  // Reserve every page now so a shortage fails here, not as SIGBUS on first touch later.
-  if (::fallocate(raw, 0, 0, static_cast<off_t>(bytes)) != 0) {
-    int e = errno;
-    throw_error(e == ENOSPC || e == ENOMEM ? errc::no_space : errc::io_error,
-                "cannot reserve " + format_bytes(bytes) + " for the shared segment (" +
-                    std::strerror(e) + "); " + format_bytes(available_memory_bytes()) +
-                    " of memory is available; lower segment_bytes or free memory");
-  }
-  int flags = MAP_SHARED | (prefault ? MAP_POPULATE : 0);
-  void* addr = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, raw, 0);
-  if (addr == MAP_FAILED)
-    throw_error(errc::no_space, "cannot map the shared segment of " + format_bytes(bytes) + ": " +
-                                    std::strerror(errno));
-  s->base = static_cast<std::byte*>(addr);
+  s->prefault = o.prefault;
+  s->max_size = max_size;
+  s->reserved = max_size == bytes ? bytes : reservation_for(max_size, bytes);
+  s->base = reserve_range(s->reserved);
   try {
-    s->allocator.emplace(bip::create_only, addr, bytes);
+    extend_file(raw, 0, bytes);
+  } catch (const error& e) {
+    if (e.kind() != errc::no_space) throw;
+    throw_error(errc::no_space, "cannot reserve " + format_bytes(bytes) +
+                                    " for the shared segment; " +
+                                    format_bytes(available_memory_bytes()) +
+                                    " of memory is available; lower segment_bytes or free memory");
+  }
+  map_tail(s->base, raw, 0, bytes, o.prefault);
+  s->size.store(bytes);
+  try {
+    s->allocator.emplace(bip::create_only, s->base, bytes);
   } catch (const std::exception& e) {
     throw_error(errc::io_error,
                 std::string("cannot set up the allocator in the shared segment: ") + e.what());
@@ -150,18 +222,48 @@ segment segment::attach(int fd, std::size_t bytes) {
     throw_error(errc::io_error, "inherited segment fd " + std::to_string(fd) + " holds " +
                                     std::to_string(st.st_size) + " bytes, expected " +
                                     std::to_string(bytes));
-  void* addr = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (addr == MAP_FAILED)
-    throw_error(errc::io_error, "cannot map the inherited segment of " + format_bytes(bytes) +
-                                    ": " + std::strerror(errno));
-  s->base = static_cast<std::byte*>(addr);
-  s->size = bytes;
+  s->max_size = SIZE_MAX / 4;  // the parent decides how far it grows; resolve() checks the file
+  s->reserved = reservation_for(s->max_size, round_up(bytes, page_size()));
+  s->base = reserve_range(s->reserved);
+  s->prefault = false;
+  try {
+    map_tail(s->base, fd, 0, bytes, false);
+  } catch (const error& e) {
+    throw_error(errc::io_error, std::string("cannot map the inherited segment: ") + e.what());
+  }
+  s->size.store(bytes);
   return segment(std::move(s));
 }
 
 std::byte* segment::base() const noexcept { return impl_->base; }
-std::size_t segment::size() const noexcept { return impl_->size; }
+std::size_t segment::size() const noexcept { return impl_->size.load(std::memory_order_acquire); }
+std::size_t segment::max_size() const noexcept { return impl_->max_size; }
 int segment::fd() const noexcept { return impl_->fd.get(); }
+
+// Called with impl_->lock held.
+bool segment::grow_for(std::size_t n) {
+  impl& s = *impl_;
+  std::size_t old_size = s.size.load(std::memory_order_relaxed);
+  if (old_size >= s.max_size) return false;
+  // Exactly what is asked (plus the allocator's bookkeeping), in 2 MiB steps: growing costs
+  // only the new bytes, so there is nothing to gain from doubling, and memory is the trainer's.
+  constexpr std::size_t step = std::size_t{2} << 20;
+  std::size_t want = round_up(n + 64 * 1024, step);
+  std::size_t new_size = old_size > s.max_size - want ? s.max_size : old_size + want;
+  new_size = std::min(new_size, s.reserved);
+  if (new_size <= old_size) return false;
+  if (new_size - old_size > available_memory_bytes())
+    throw_error(errc::no_space,
+                "shared segment cannot grow by " + format_bytes(new_size - old_size) + " to hold " +
+                    format_bytes(n) + ": only " + format_bytes(available_memory_bytes()) +
+                    " of memory is available (the segment holds " + format_bytes(old_size) +
+                    "); free memory, save a smaller state dict, or use fewer staging generations");
+  extend_file(s.fd.get(), old_size, new_size);
+  map_tail(s.base, s.fd.get(), old_size, new_size, s.prefault);
+  s.allocator->grow(new_size - old_size);
+  s.size.store(new_size, std::memory_order_release);
+  return true;
+}
 
 std::shared_ptr<std::byte> segment::allocate(std::size_t n) {
   if (!impl_->allocator)
@@ -171,13 +273,19 @@ std::shared_ptr<std::byte> segment::allocate(std::size_t n) {
   {
     std::lock_guard g(impl_->lock);
     p = impl_->allocator->allocate_aligned(n == 0 ? 1 : n, 64, std::nothrow);
+    // A free block at the end merges with the new tail, so one growth is normally enough; a
+    // fragmented segment may need a second (then the request fits in the new tail alone).
+    for (int i = 0; !p && i < 2 && grow_for(n); ++i)
+      p = impl_->allocator->allocate_aligned(n == 0 ? 1 : n, 64, std::nothrow);
     free_now = impl_->allocator->get_free_memory();
   }
   if (!p)
     throw_error(errc::no_space,
                 "shared segment has no room for " + format_bytes(n) + ": " +
-                    format_bytes(free_now) + " free of " + format_bytes(impl_->size) +
-                    " (possibly fragmented); raise segment_bytes or wait for pending writes");
+                    format_bytes(free_now) + " free of " + format_bytes(size()) +
+                    " (possibly fragmented), and it may not grow beyond its cap of " +
+                    format_bytes(impl_->max_size) +
+                    "; raise segment_bytes (0: no cap) or wait for pending writes");
   auto keep = impl_;
   return std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [keep](std::byte* q) {
     std::lock_guard g(keep->lock);
@@ -212,7 +320,8 @@ std::size_t segment::free_bytes() const {
 bool segment::contains(const void* p, std::size_t n) const noexcept {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   auto b = reinterpret_cast<std::uintptr_t>(impl_->base);
-  return a >= b && a - b <= impl_->size && n <= impl_->size - (a - b);
+  std::size_t size = this->size();
+  return a >= b && a - b <= size && n <= size - (a - b);
 }
 
 std::uint64_t segment::offset_of(const void* p) const noexcept {
@@ -220,12 +329,33 @@ std::uint64_t segment::offset_of(const void* p) const noexcept {
 }
 
 std::span<std::byte> segment::resolve(std::uint64_t offset, std::uint64_t length) const {
-  if (offset > impl_->size || length > impl_->size - offset)
-    throw_error(errc::protocol_error, "tensor range [" + std::to_string(offset) + ", +" +
-                                          std::to_string(length) +
-                                          ") lies outside the shared segment of " +
-                                          std::to_string(impl_->size) + " bytes");
+  std::size_t size = this->size();
+  if (offset > size || length > size - offset) {
+    if (!impl_->allocator) size = map_grown_tail(offset, length);  // the child: maybe it grew
+    if (offset > size || length > size - offset)
+      throw_error(errc::protocol_error, "tensor range [" + std::to_string(offset) + ", +" +
+                                            std::to_string(length) +
+                                            ") lies outside the shared segment of " +
+                                            std::to_string(size) + " bytes");
+  }
   return {impl_->base + offset, static_cast<std::size_t>(length)};
+}
+
+// The child's side of growth: the parent grew the file; map what it added. Returns the size
+// mapped afterwards. Nothing is mapped beyond the file's real size or the reservation.
+std::size_t segment::map_grown_tail(std::uint64_t offset, std::uint64_t length) const {
+  impl& s = *impl_;
+  std::lock_guard g(s.lock);
+  std::size_t size = s.size.load(std::memory_order_relaxed);
+  if (offset <= size && length <= size - offset) return size;  // another thread mapped it
+  struct stat st {};
+  if (::fstat(s.fd.get(), &st) != 0) return size;
+  std::size_t file = static_cast<std::size_t>(st.st_size) / page_size() * page_size();
+  file = std::min(file, s.reserved);
+  if (file <= size) return size;
+  map_tail(s.base, s.fd.get(), size, file, false);
+  s.size.store(file, std::memory_order_release);
+  return file;
 }
 
 }  // namespace shmckpt

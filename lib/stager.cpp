@@ -358,6 +358,7 @@ stager::stager(checkpoint_process& process, stager_options options)
 stager::~stager() { close(); }
 
 state_dict stager::stage(const state_dict& sd) {
+  check_nesting_depth(sd);  // before a generation is leased; the walks below recurse per level
   {
     std::lock_guard g(impl_->m);
     if (impl_->closed) throw error(errc::closed, "stager was closed");
@@ -366,6 +367,7 @@ state_dict stager::stage(const state_dict& sd) {
 }
 
 stager::staging stager::stage_async(state_dict sd) {
+  check_nesting_depth(sd);  // in the caller, not on the copy thread
   impl::async_request r;
   r.sd = std::move(sd);
   staging out{r.snapshot.get_future().share(), r.done.get_future().share()};

@@ -30,6 +30,82 @@ std::uint64_t checked_nbytes(dtype type, const std::vector<std::int64_t>& shape)
   return *n;
 }
 
+// ---- depth -----------------------------------------------------------------------------------
+
+[[noreturn]] void too_deep(const std::string& path) {
+  // A path 20 000 levels deep is no use in a message: its start says where.
+  std::string shown = path.size() <= 160 ? path : path.substr(0, 160) + "...";
+  throw_error(errc::invalid_argument,
+              "state dict nests deeper than " + std::to_string(max_nesting_depth) +
+                  " levels at '" + shown +
+                  "'; checkpoints hold at most that many levels of dicts, lists and tuples (the "
+                  "root dict is level 1)");
+}
+
+const dict* as_dict_ptr(const value& v) noexcept {
+  return v.type() == kind::dict ? &v.as_dict() : nullptr;
+}
+const list* as_seq_ptr(const value& v) noexcept {
+  return v.is_sequence() ? &v.as_sequence() : nullptr;
+}
+
+// Walks the containers below (d or l), which is at `level`, with an explicit stack.
+void check_nesting(const dict* d, const list* l, std::size_t level, std::string& path) {
+  if (level > max_nesting_depth) too_deep(path);
+  struct frame {
+    const dict* d;
+    const list* l;
+    std::size_t next;
+    std::size_t level;
+    std::size_t mark;  // path length before this container's key
+  };
+  std::vector<frame> stack{{d, l, 0, level, path.size()}};
+  while (!stack.empty()) {
+    frame& f = stack.back();
+    std::size_t n = f.d ? f.d->size() : f.l->size();
+    if (f.next == n) {
+      path.resize(f.mark);
+      stack.pop_back();
+      continue;
+    }
+    std::size_t i = f.next++;
+    const value& child = f.d ? (f.d->begin() + static_cast<std::ptrdiff_t>(i))->second : (*f.l)[i];
+    const dict* cd = as_dict_ptr(child);
+    const list* cl = as_seq_ptr(child);
+    if (!cd && !cl) continue;
+    std::size_t mark = path.size();
+    std::size_t child_level = f.level + 1;
+    if (mark) path += '.';
+    if (f.d)
+      path += (f.d->begin() + static_cast<std::ptrdiff_t>(i))->first;
+    else
+      path += std::to_string(i);
+    if (child_level > max_nesting_depth) too_deep(path);
+    stack.push_back({cd, cl, 0, child_level, mark});  // `f` may dangle from here on
+  }
+}
+
+void check_nesting(const value& v) {
+  const dict* d = as_dict_ptr(v);
+  const list* l = as_seq_ptr(v);
+  if (!d && !l) return;
+  std::string path;
+  check_nesting(d, l, 1, path);
+}
+
+// Copies check the depth once, in the outermost copy; the copies it makes of the children
+// (through the containers' own copy constructors) see that they are nested and skip it.
+thread_local int t_copy_nesting = 0;
+struct copy_scope {
+  bool outermost = t_copy_nesting++ == 0;
+  copy_scope() = default;
+  copy_scope(const copy_scope&) = delete;
+  copy_scope& operator=(const copy_scope&) = delete;
+  ~copy_scope() { --t_copy_nesting; }
+};
+
+bool is_container(const value& v) noexcept { return v.type() == kind::dict || v.is_sequence(); }
+
 std::shared_ptr<std::byte[]> private_buffer(std::size_t n) {
   // make_shared_for_overwrite would skip zeroing, but zeroing is what zeros() promises.
   return std::shared_ptr<std::byte[]>(new std::byte[n == 0 ? 1 : n]());
@@ -139,9 +215,24 @@ dict dict::with_int_keys() {
 }
 
 dict::dict() = default;
-dict::dict(const dict&) = default;
+dict::dict(const dict& o) {
+  copy_scope scope;
+  if (scope.outermost) {
+    std::string path;
+    check_nesting(&o, nullptr, 1, path);
+  }
+  items_ = o.items_;
+  index_ = o.index_;
+  keys_ = o.keys_;
+}
 dict::dict(dict&&) noexcept = default;
-dict& dict::operator=(const dict&) = default;
+dict& dict::operator=(const dict& o) {
+  if (this != &o) {
+    dict copy(o);
+    *this = std::move(copy);
+  }
+  return *this;
+}
 dict& dict::operator=(dict&&) noexcept = default;
 dict::~dict() = default;
 
@@ -209,6 +300,84 @@ bool operator==(const dict& a, const dict& b) noexcept {
 }
 
 // ---- value -----------------------------------------------------------------------------------
+
+void check_nesting_depth(const dict& root) {
+  std::string path;
+  check_nesting(&root, nullptr, 1, path);
+}
+
+value::storage value::copy_checked(const storage& s) {
+  copy_scope scope;
+  if (scope.outermost) {
+    if (auto* d = std::get_if<dict>(&s)) {
+      std::string path;
+      check_nesting(d, nullptr, 1, path);
+    } else if (auto* l = std::get_if<list>(&s)) {
+      std::string path;
+      check_nesting(nullptr, l, 1, path);
+    } else if (auto* t = std::get_if<tuple>(&s)) {
+      std::string path;
+      check_nesting(nullptr, t, 1, path);
+    }
+  }
+  return s;
+}
+
+value::value(const value& o) : v_(copy_checked(o.v_)) {}
+
+value& value::operator=(const value& o) {
+  if (this != &o) {
+    storage copy = copy_checked(o.v_);
+    v_ = std::move(copy);
+  }
+  return *this;
+}
+
+namespace {
+// Moves the children of `s` that are containers themselves into `out`, leaving `s` shallow.
+void detach_nested(value::storage& s, std::vector<value>& out) {
+  auto take = [&](value& child) {
+    if (is_container(child)) out.push_back(std::move(child));
+  };
+  if (auto* d = std::get_if<dict>(&s)) {
+    for (auto& item : *d) take(item.second);
+  } else if (auto* l = std::get_if<list>(&s)) {
+    for (auto& e : *l) take(e);
+  } else if (auto* t = std::get_if<tuple>(&s)) {
+    for (auto& e : *t) take(e);
+  }
+}
+
+bool has_nested(const value::storage& s) noexcept {
+  auto any = [](const auto& range) {
+    for (const auto& e : range)
+      if (is_container(e)) return true;
+    return false;
+  };
+  if (auto* d = std::get_if<dict>(&s)) {
+    for (const auto& item : *d)
+      if (is_container(item.second)) return true;
+    return false;
+  }
+  if (auto* l = std::get_if<list>(&s)) return any(*l);
+  if (auto* t = std::get_if<tuple>(&s)) return any(*t);
+  return false;
+}
+}  // namespace
+
+value::~value() {
+  // The variant's own destructor would recurse once per level; a tree built 100 000 levels deep
+  // would overflow the stack. Nested containers are moved to a worklist and dismantled there,
+  // each one shallow by the time it is destroyed.
+  if (!has_nested(v_)) return;
+  std::vector<value> pending;
+  detach_nested(v_, pending);
+  while (!pending.empty()) {
+    value v = std::move(pending.back());
+    pending.pop_back();
+    detach_nested(v.v_, pending);
+  }
+}
 
 std::string_view kind_name(kind k) noexcept {
   switch (k) {
@@ -331,6 +500,7 @@ value map_value(const value& v, const std::function<tensor(const tensor&)>& fn) 
 
 void for_each_tensor(const dict& root,
                      const std::function<void(const std::string&, const tensor&)>& fn) {
+  check_nesting_depth(root);  // the walk below recurses once per level
   std::string name;
   visit_dict(root, name, fn);
 }
@@ -345,6 +515,8 @@ tensor_totals count_tensors(const dict& root) {
 }
 
 dict map_tensors(const dict& root, const std::function<tensor(const tensor&)>& fn) {
+  copy_scope scope;  // the copies of scalars below need no depth check of their own
+  if (scope.outermost) check_nesting_depth(root);  // map_value recurses once per level
   dict out;
   out.reserve(root.size());
   out.set_key_type(root.keys());

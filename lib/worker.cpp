@@ -5,17 +5,24 @@
 // that the default writer checks between chunks (so an in-flight write is abandoned and its
 // temporary file removed), and exits the process if the loop has not finished shortly after.
 // SIGTERM (also delivered as the parent-death signal set at spawn) raises the same flag.
+//
+// Progress. The worker installs a progress reporter (progress.hpp) for the life of its loop:
+// the writer's data loop and the commit barrier call it, and while a write is served it sends
+// PROGRESS frames for that request, at most one per `progress_interval`. Every frame the child
+// sends (each RESPONSE and PROGRESS) is written whole by `send_frame_locked` under `send_lock_`,
+// whichever thread calls it, so frames never interleave on the socket, and a PROGRESS for a
+// request never follows its RESPONSE.
 #include "shmckpt/worker.hpp"
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/read.hpp>
-#include <boost/asio/write.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -24,6 +31,7 @@
 #include <mutex>
 #include <thread>
 
+#include "progress.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/protocol.hpp"
 #include "shmckpt/segment.hpp"
@@ -53,6 +61,13 @@ extern "C" void on_sigterm(int) { g_cancel.store(true, std::memory_order_relaxed
 // How long the loop may keep running once the parent is gone before the watcher ends the
 // process: enough for the default writer to notice the cancel flag and clean up.
 constexpr auto parent_gone_grace = std::chrono::seconds(2);
+
+// At most one PROGRESS frame per interval: the parent's watchdog (progress_timeout, at least 1 s
+// and 300 s by default) needs one now and then, and ten ~100-byte frames a second cost nothing
+// next to a write at disk speed, while keeping the description the parent reports on a hang
+// at most 0.1 s old. The writer reports every 8 MiB chunk, i.e. over a hundred times a second on
+// fast storage: the limit keeps most of those from becoming syscalls.
+constexpr auto progress_interval = std::chrono::milliseconds(100);
 
 struct worker_args {
   int control_fd = -1;
@@ -100,6 +115,14 @@ class worker {
         sock_(io, asio::local::stream_protocol(), a.control_fd) {}
 
   int run() {
+    // Removed before the worker (and its socket) goes away; a report from a thread that outlives
+    // the loop then does nothing.
+    struct reporter_guard {
+      explicit reporter_guard(worker* w) {
+        detail::set_progress_reporter([w](std::string_view what) { w->report_progress(what); });
+      }
+      ~reporter_guard() { detail::set_progress_reporter({}); }
+    } guard(this);
     std::array<std::byte, protocol::header_size> hbuf;
     std::vector<std::byte> payload;
     for (;;) {
@@ -137,12 +160,14 @@ class worker {
           respond(h.request_id, {}, {}, std::move(p));
           return true;
         }
-        case protocol::message_type::write_checkpoint: write(payload); break;
+        case protocol::message_type::write_checkpoint: write(h.request_id, payload); break;
         case protocol::message_type::terminate:
           respond(h.request_id, {}, {});
           return false;
         case protocol::message_type::response:
           throw_error(errc::protocol_error, "the checkpoint child received a RESPONSE frame");
+        case protocol::message_type::progress:
+          throw_error(errc::protocol_error, "the checkpoint child received a PROGRESS frame");
       }
       respond(h.request_id, {}, {});
     } catch (const error& e) {
@@ -184,12 +209,45 @@ class worker {
     writer_ = std::move(w);
   }
 
-  void write(std::span<const std::byte> payload) {
+  void write(std::uint64_t id, std::span<const std::byte> payload) {
     if (!writer_)
       throw_error(errc::protocol_error, "WRITE_CHECKPOINT before a successful INIT");
     auto req = protocol::decode_write(
         payload, [this](std::uint64_t off, std::uint64_t len) { return seg_.resolve(off, len); });
+    // Progress reports name this request from now until its response is sent (respond() ends
+    // it under the same lock, so no PROGRESS can follow the RESPONSE).
+    // The first report goes out at once: until then the parent only knows the write was sent.
+    {
+      std::lock_guard g(send_lock_);
+      serving_ = id;
+      last_progress_sent_ = {};
+    }
     run_user("writer", [&] { writer_->write(req.state, req.path, req.kw); });
+  }
+
+  // The progress reporter: any thread, rate-limited, only while a write is being served.
+  void report_progress(std::string_view what) {
+    std::lock_guard g(send_lock_);
+    if (serving_ == 0) return;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_progress_sent_ < progress_interval) return;
+    last_progress_sent_ = now;
+    send_frame_locked(protocol::make_frame(protocol::message_type::progress, serving_,
+                                           protocol::encode_progress(what)));
+  }
+
+  // Writes the whole frame (blocking). Errors are ignored: a dead parent shows up as EOF on the
+  // next read. MSG_NOSIGNAL: no SIGPIPE from a closed socket, from whichever thread.
+  void send_frame_locked(const std::vector<std::byte>& frame) {
+    const std::byte* p = frame.data();
+    std::size_t left = frame.size();
+    while (left > 0) {
+      ssize_t r = ::send(sock_.native_handle(), p, left, MSG_NOSIGNAL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return;
+      p += r;
+      left -= static_cast<std::size_t>(r);
+    }
   }
 
   // Runs user code, prefixing its error message with what failed.
@@ -215,13 +273,17 @@ class worker {
     r.payload = std::move(payload);
     auto frame = protocol::make_frame(protocol::message_type::response, id,
                                       protocol::encode_response(r));
-    boost::system::error_code ec;
-    asio::write(sock_, asio::buffer(frame), ec);  // a dead parent shows up as EOF next read
+    std::lock_guard g(send_lock_);
+    serving_ = 0;
+    send_frame_locked(frame);
   }
 
   segment seg_;
   local_socket sock_;
   std::unique_ptr<checkpoint_writer> writer_;
+  std::mutex send_lock_;      // held while a frame is written to the socket
+  std::uint64_t serving_ = 0;  // (send_lock_) the write being served; 0 between writes
+  std::chrono::steady_clock::time_point last_progress_sent_;  // (send_lock_)
 };
 
 // Watches for the parent's end of the socket closing. Returns when `done` is set.
@@ -244,6 +306,8 @@ void watch_parent(int fd, std::atomic<bool>& done, std::mutex& m, std::condition
 }
 
 }  // namespace
+
+void report_progress(std::string_view what) noexcept { detail::report_progress(what); }
 
 void register_init_function(std::string name, init_function fn) {
   std::lock_guard g(reg().lock);

@@ -37,10 +37,12 @@
 #include <cerrno>
 #include <charconv>
 #include <climits>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "progress.hpp"
 #include "safetensors.hpp"
 #include "shmckpt/error.hpp"
 #include "util.hpp"
@@ -194,6 +196,12 @@ void write_data(int fd, detail::encoded_header& plan, const safetensors_write_op
     batch_offset += batch_size;
     batch_size = 0;
     iov.clear();
+    // Tells the parent's watchdog (in the checkpoint child) that the write moves, and how far.
+    char where[96];
+    std::snprintf(where, sizeof where, ": %.1f of %.1f MiB written",
+                  static_cast<double>(batch_offset) / (1 << 20),
+                  static_cast<double>(plan.file_size()) / (1 << 20));
+    detail::report_progress(ctx.label() + where);
   };
 
   for (std::size_t i = 0; i < plan.tensors.size(); ++i) {

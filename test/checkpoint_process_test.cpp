@@ -54,6 +54,7 @@ BOOST_AUTO_TEST_CASE(config_defaults_match_the_reference) {
   checkpoint_process_options o;
   BOOST_TEST(o.init_timeout.count() == 30000);
   BOOST_TEST(o.shutdown_timeout.count() == 60000);
+  BOOST_TEST(o.progress_timeout.count() == 300000);
   BOOST_TEST(o.writer_factory == "default");
   BOOST_TEST(o.init_function.empty());
   BOOST_TEST(o.rank.rank == 0);
@@ -256,19 +257,128 @@ BOOST_AUTO_TEST_CASE(closed_channel_fails_writes_with_child_terminated) {
   BOOST_TEST(!proc.child_running());
 }
 
-BOOST_AUTO_TEST_CASE(child_killed_during_a_write_fails_pending_and_later_futures) {
+BOOST_AUTO_TEST_CASE(a_killed_child_fails_the_write_it_served_and_is_replaced_for_the_rest) {
   temp_dir dir;
-  checkpoint_process proc(child_options("block"));
-  auto in_progress = proc.write(small_state(), dir / "a");
+  checkpoint_process proc(child_options("gate"));
+  auto gate = (dir / "gate").string();
+  auto in_progress = proc.write(small_state(), dir / "a", {{"gate", gate}});
   auto queued = proc.write(small_state(), dir / "b");
-  BOOST_TEST_REQUIRE(test::eventually([&] { return std::filesystem::exists(dir / "a" / "started"); }));
-  ::kill(proc.child_pid(), SIGKILL);
-  for (auto* f : {&in_progress, &queued})
-    expect_error([&] { f->get(); }, errc::child_terminated,
-                 "Child process terminated unexpectedly (killed by signal 9");
-  expect_error([&] { proc.write(small_state(), dir / "c").get(); }, errc::child_terminated,
-               "Child process terminated unexpectedly");
+  BOOST_TEST_REQUIRE(test::eventually([&] { return std::filesystem::exists(gate + ".waiting"); }));
+  const int old_pid = proc.child_pid();
+  ::kill(old_pid, SIGKILL);
+  expect_error([&] { in_progress.get(); }, errc::child_terminated,
+               "Child process terminated unexpectedly (killed by signal 9");
+  // The queued write had not started in the dead child: its replacement wrote it.
+  queued.get();
+  BOOST_TEST(std::filesystem::exists(dir / "b" / "checkpoint_0.safetensors"));
+  BOOST_TEST(proc.child_pid() != old_pid);
+  BOOST_TEST(!test::pid_alive(old_pid));  // killed and reaped
+  proc.write(small_state(), dir / "c").get();
+  BOOST_TEST(std::filesystem::exists(dir / "c" / "checkpoint_0.safetensors"));
+  BOOST_TEST(!std::filesystem::exists(dir / "a" / "checkpoint_0.safetensors"));
   proc.close();
+  BOOST_TEST(!proc.child_running());
+}
+
+BOOST_AUTO_TEST_CASE(a_child_killed_while_idle_is_replaced_on_the_same_segment_by_the_next_write) {
+  temp_dir dir;
+  checkpoint_process proc(child_options("set_42"));
+  auto w = proc.make_tensor(dtype::f32, {2, 2});
+  proc.write(state_dict{{"w", w}}, dir / "1").get();
+  const int old_pid = proc.child_pid();
+  ::kill(old_pid, SIGKILL);
+  BOOST_TEST_REQUIRE(test::eventually([&] { return !proc.child_running(); }));
+  w.data_as<float>()[0] = 0.0f;
+  // A new child maps the same segment: it sets w[0] in the very memory this process holds.
+  proc.write(state_dict{{"w", w}}, dir / "2").get();
+  BOOST_TEST(w.data_as<float>()[0] == 42.0f);
+  BOOST_TEST(proc.child_pid() != old_pid);
+  BOOST_TEST(proc.child_running());
+}
+
+BOOST_AUTO_TEST_CASE(a_stopped_child_fails_its_write_with_timeout_and_is_replaced) {
+  temp_dir dir;
+  auto o = child_options("progress");
+  o.progress_timeout = 1s;
+  checkpoint_process proc(o);
+  auto gate = (dir / "gate").string();
+  auto hung = proc.write(small_state(), dir / "hung", {{"gate", gate}});
+  BOOST_TEST_REQUIRE(test::eventually([&] { return std::filesystem::exists(gate + ".waiting"); }));
+  const int old_pid = proc.child_pid();
+  ::kill(old_pid, SIGSTOP);  // as if stuck on a dead file server
+  // Watchdog only (the library's own bound is progress_timeout plus a report interval).
+  BOOST_TEST_REQUIRE((hung.wait_for(30s) == std::future_status::ready));
+  expect_error([&] { hung.get(); }, errc::timeout,
+               "made no progress for 1s while 'waiting for the gate, round ");
+  BOOST_TEST(test::wait_pid_gone(old_pid, 10s));
+  proc.write(small_state(), dir / "next", {{"ms", "0"}}).get();
+  BOOST_TEST(std::filesystem::exists(dir / "next" / "done"));
+  BOOST_TEST(proc.child_pid() != old_pid);
+}
+
+BOOST_AUTO_TEST_CASE(a_write_that_keeps_reporting_progress_outlives_progress_timeout) {
+  temp_dir dir;
+  auto o = child_options("progress");
+  o.progress_timeout = 1s;
+  checkpoint_process proc(o);
+  proc.wait_ready();
+  const int pid = proc.child_pid();
+  proc.write(small_state(), dir / "slow", {{"ms", "2500"}}).get();  // 2.5 progress_timeouts
+  BOOST_TEST(std::filesystem::exists(dir / "slow" / "done"));
+  BOOST_TEST(proc.child_pid() == pid);
+}
+
+BOOST_AUTO_TEST_CASE(a_progress_timeout_under_a_second_is_refused) {
+  auto o = child_options();
+  o.progress_timeout = 200ms;
+  expect_error([&] { checkpoint_process proc(o); }, errc::invalid_argument, "progress_timeout");
+}
+
+BOOST_AUTO_TEST_CASE(a_child_killed_mid_write_leaves_no_temporary_file) {
+  namespace fs = std::filesystem;
+  temp_dir dir;
+  checkpoint_process proc(child_options("stall"));
+  fs::create_directories(dir / "ckpt");
+  // Another writer's temporary file (pid 1 never dies) must survive the clean-up.
+  auto foreign = dir / "ckpt" / ".checkpoint_0.safetensors.tmp.1.0";
+  std::ofstream(foreign) << "not ours";
+  auto f = proc.write(small_state(), dir / "ckpt");
+  BOOST_TEST_REQUIRE(test::eventually([&] { return fs::exists(dir / "ckpt" / "stalled"); }));
+  const int pid = proc.child_pid();
+  const std::string prefix = ".checkpoint_0.safetensors.tmp." + std::to_string(pid) + ".";
+  auto temp_files = [&] {
+    std::vector<fs::path> out;
+    for (const auto& e : fs::directory_iterator(dir / "ckpt"))
+      if (e.path().filename().string().rfind(prefix, 0) == 0) out.push_back(e.path());
+    return out;
+  };
+  BOOST_TEST_REQUIRE(temp_files().size() == 1u);  // the stalled write's, preallocated
+  ::kill(pid, SIGKILL);
+  expect_error([&] { f.get(); }, errc::child_terminated, "Child process terminated unexpectedly");
+  BOOST_TEST(temp_files().empty());
+  BOOST_TEST(fs::exists(foreign));
+  BOOST_TEST(!fs::exists(dir / "ckpt" / "checkpoint_0.safetensors"));
+}
+
+BOOST_AUTO_TEST_CASE(close_of_a_stopped_child_kills_it_and_fails_its_write) {
+  temp_dir dir;
+  auto o = child_options("progress");
+  o.shutdown_timeout = 2s;  // progress_timeout stays 300 s: close() must not wait for it
+  checkpoint_process proc(o);
+  auto gate = (dir / "gate").string();
+  auto f = proc.write(small_state(), dir / "x", {{"gate", gate}});
+  BOOST_TEST_REQUIRE(test::eventually([&] { return std::filesystem::exists(gate + ".waiting"); }));
+  const int pid = proc.child_pid();
+  ::kill(pid, SIGSTOP);
+  auto t0 = std::chrono::steady_clock::now();
+  proc.close();
+  BOOST_TEST_MESSAGE("close() took " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::steady_clock::now() - t0)
+                                            .count()
+                                     << " ms with shutdown_timeout 2 s");
+  BOOST_TEST(!proc.child_running());
+  BOOST_TEST(!test::pid_alive(pid));
+  expect_error([&] { f.get(); }, errc::closed, "did not finish within shutdown_timeout");
 }
 
 BOOST_AUTO_TEST_CASE(parent_killed_makes_the_child_exit_and_leaves_nothing_in_dev_shm) {

@@ -136,14 +136,26 @@ BOOST_AUTO_TEST_CASE(a_dead_rank_fails_the_others_at_the_barrier_and_publishes_n
   auto c = config();
   c.commit_timeout = 1500ms;
   std::vector<std::unique_ptr<async_checkpointer>> ranks;
-  for (int r = 0; r < 4; ++r) ranks.push_back(make_async_checkpointer(c, rank_info{r, 4}));
+  for (int r = 0; r < 4; ++r)
+    ranks.push_back(make_async_checkpointer(r == 2 ? [&] {
+      auto g = c;
+      g.process.writer_factory = "gate";  // rank 2 can be held inside its write
+      return g;
+    }() : c, rank_info{r, 4}));
   std::vector<std::shared_future<void>> good;
   for (int r = 0; r < 4; ++r) good.push_back(ranks[r]->save(dir / "step_1", state(1.0f, 1)).write);
   for (auto& w : good) w.get();
 
-  ::kill(ranks[2]->process().child_pid(), SIGKILL);
+  // Rank 2's child dies in the middle of its step_2 write.
+  auto gate = (dir / "gate").string();
   std::vector<std::shared_future<void>> writes;
-  for (int r = 0; r < 4; ++r) writes.push_back(ranks[r]->save(dir / "step_2", state(2.0f, 2)).write);
+  for (int r = 0; r < 4; ++r)
+    writes.push_back(
+        ranks[r]
+            ->save(dir / "step_2", state(2.0f, 2), r == 2 ? kwargs{{"gate", gate}} : kwargs{})
+            .write);
+  BOOST_TEST_REQUIRE(test::eventually([&] { return fs::exists(gate + ".waiting"); }));
+  ::kill(ranks[2]->process().child_pid(), SIGKILL);
   expect_error([&] { writes[2].get(); }, errc::child_terminated,
                "Child process terminated unexpectedly");
   for (int r : {0, 1, 3})
@@ -154,6 +166,49 @@ BOOST_AUTO_TEST_CASE(a_dead_rank_fails_the_others_at_the_barrier_and_publishes_n
   // The previous complete checkpoint is untouched and still the latest.
   BOOST_TEST((latest_checkpoint(dir.path()) == std::optional<fs::path>(dir / "step_1")));
   BOOST_TEST((ranks[0]->load(dir / "step_1").state == state(1.0f, 1)));
+}
+
+BOOST_AUTO_TEST_CASE(the_checkpointer_survives_its_child_being_killed) {
+  temp_dir dir;
+  async_checkpointer ck(config("gate"));
+  ck.save(dir / "step_1", state(1.0f, 1)).write.get();
+  auto gate = (dir / "gate").string();
+  auto lost = ck.save(dir / "step_2", state(2.0f, 2), {{"gate", gate}});
+  BOOST_TEST_REQUIRE(test::eventually([&] { return fs::exists(gate + ".waiting"); }));
+  const int old_pid = ck.process().child_pid();
+  ::kill(old_pid, SIGKILL);
+  expect_error([&] { lost.write.get(); }, errc::child_terminated,
+               "Child process terminated unexpectedly (killed by signal 9");
+  // Reported once more by the next save, which then goes on with a new child.
+  expect_error([&] { ck.save(dir / "step_3", state(3.0f, 3)); }, errc::child_terminated,
+               "Child process terminated unexpectedly");
+  ck.save(dir / "step_3", state(3.0f, 3)).write.get();
+  BOOST_TEST(ck.process().child_pid() != old_pid);
+  BOOST_TEST(!is_complete(dir / "step_2"));
+  BOOST_TEST((latest_checkpoint(dir.path()) == std::optional<fs::path>(dir / "step_3")));
+  BOOST_TEST((ck.load(dir / "step_3").state == state(3.0f, 3)));
+  ck.close();  // nothing unreported is left
+}
+
+BOOST_AUTO_TEST_CASE(close_throws_a_failure_that_no_save_reported) {
+  temp_dir dir;
+  async_checkpointer ck(config("record"));
+  ck.save(dir / "ok", state(1.0f, 1));
+  ck.save(dir / "bad", state(2.0f, 2), {{"fail", "quota exceeded"}});  // never looked at
+  expect_error([&] { ck.close(); }, errc::child_failed, "quota exceeded");
+  ck.close();  // reported once
+  expect_error([&] { ck.save(dir / "late", state(3.0f, 3)); }, errc::closed, "closed");
+}
+
+BOOST_AUTO_TEST_CASE(close_after_every_failure_was_reported_does_not_throw) {
+  temp_dir dir;
+  async_checkpointer ck(config("record"));
+  ck.save(dir / "bad", state(1.0f, 1), {{"fail", "quota exceeded"}}).write.wait();
+  expect_error([&] { ck.save(dir / "next", state(2.0f, 2)); }, errc::child_failed,
+               "quota exceeded");
+  ck.save(dir / "good", state(3.0f, 3));
+  ck.close();
+  BOOST_TEST(fs::exists(dir / "good" / "record.txt"));
 }
 
 BOOST_AUTO_TEST_CASE(sync_checkpointer_writes_in_process_and_loads_partially) {

@@ -3,6 +3,8 @@
 #define BOOST_TEST_MODULE inspect_test
 #include <boost/test/unit_test.hpp>
 
+#include <sys/stat.h>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
@@ -264,6 +266,22 @@ BOOST_AUTO_TEST_CASE(tree_shows_integer_keyed_dicts_and_tuples) {
   BOOST_TEST(r.out.find("  0: dict (1)\n") != std::string::npos, r.out);
   BOOST_TEST(r.out.find("betas: tuple (2)\n") != std::string::npos, r.out);
   BOOST_TEST(r.out.find("  1: float 0.25\n") != std::string::npos, r.out);
+}
+
+// (Were a subcommand to block on the FIFO, the suite would hit its CTest timeout and fail.)
+BOOST_AUTO_TEST_CASE(a_fifo_named_like_a_rank_file_makes_every_subcommand_exit_three) {
+  scratch_dir dir("inspect");
+  fs::path ck = dir / "ck";
+  fs::create_directory(ck);
+  BOOST_TEST_REQUIRE(::mkfifo((ck / "checkpoint_0.safetensors").c_str(), 0644) == 0);
+  for (std::vector<std::string> args :
+       {std::vector<std::string>{"list", ck.string()}, {"tree", ck.string()},
+        {"verify", ck.string()}, {"show", ck.string(), "w"},
+        {"list", (ck / "checkpoint_0.safetensors").string()}}) {
+    auto r = run_inspect(dir, args);
+    BOOST_TEST(r.status == 3, args[0] << ": " << r.out << r.err);
+    BOOST_TEST(r.err.find("is a FIFO, not a regular file") != std::string::npos, r.err);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(verify_passes_good_files_and_exits_one_naming_a_corrupted_tensor) {

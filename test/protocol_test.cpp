@@ -76,6 +76,9 @@ BOOST_AUTO_TEST_CASE(malformed_headers_are_rejected_with_a_reason) {
   expect_protocol_error([&] { p::decode_header(header_of(bad)); },
                         "version " + std::to_string(p::protocol_version + 1));
   bad = good;
+  bad[4] = std::byte{1};  // a release before PROGRESS frames
+  expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "version 1");
+  bad = good;
   bad[6] = std::byte{99};
   expect_protocol_error([&] { p::decode_header(header_of(bad)); }, "unknown message type");
   bad = good;
@@ -266,4 +269,37 @@ BOOST_AUTO_TEST_CASE(a_descriptor_with_too_many_values_is_rejected) {
   std::memcpy(payload.data() + payload.size() - 4, &n, 4);
   payload.resize(payload.size() + n, std::byte{0});
   expect_protocol_error([&] { p::decode_write(payload, a.resolve()); }, "more than");
+}
+
+BOOST_AUTO_TEST_CASE(progress_frames_round_trip_and_are_bounded) {
+  auto frame = p::make_frame(p::message_type::progress, 7, p::encode_progress("writing: 3 of 8"));
+  auto h = p::decode_header(header_of(frame));
+  BOOST_TEST(h.type == 0x101);
+  BOOST_TEST(h.request_id == 7u);
+  std::span<const std::byte> payload(frame.data() + p::header_size, h.payload_bytes);
+  BOOST_TEST(p::decode_progress(payload) == "writing: 3 of 8");
+
+  // Long descriptions are cut at a character boundary, never inside a UTF-8 sequence.
+  std::string longer(p::max_progress_bytes - 1, 'a');
+  longer += "\xc3\xa9\xc3\xa9";  // "éé" straddles the limit
+  auto cut = p::decode_progress(p::encode_progress(longer));
+  BOOST_TEST(cut == std::string(p::max_progress_bytes - 1, 'a'));
+
+  // A hostile peer's oversized description is refused, as is trailing junk.
+  std::vector<std::byte> big(4 + p::max_progress_bytes + 1, std::byte{'x'});
+  std::uint32_t n = p::max_progress_bytes + 1;
+  std::memcpy(big.data(), &n, 4);
+  expect_protocol_error([&] { p::decode_progress(big); }, "progress description");
+  auto junk = p::encode_progress("ok");
+  junk.push_back(std::byte{0});
+  expect_protocol_error([&] { p::decode_progress(junk); }, "PROGRESS payload");
+}
+
+BOOST_AUTO_TEST_CASE(error_codes_on_the_wire_keep_their_values) {
+  // The values are pinned by static_asserts in protocol.hpp; unknown ones degrade safely.
+  BOOST_TEST(static_cast<int>(p::errc_from_wire(6)) == static_cast<int>(errc::timeout));
+  BOOST_TEST(static_cast<int>(p::errc_from_wire(11)) == static_cast<int>(errc::unsupported));
+  BOOST_TEST(static_cast<int>(p::errc_from_wire(12)) == static_cast<int>(errc::child_failed));
+  BOOST_TEST(static_cast<int>(p::errc_from_wire(0xFFFFFFFFu)) ==
+             static_cast<int>(errc::child_failed));
 }

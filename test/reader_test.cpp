@@ -2,7 +2,15 @@
 #define BOOST_TEST_MODULE reader_test
 #include <boost/test/unit_test.hpp>
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <functional>
+#include <future>
 #include <random>
 
 #include "hostile/hostile_files.hpp"
@@ -96,6 +104,31 @@ BOOST_AUTO_TEST_CASE(hand_written_spec_file_reads_as_a_flat_dict_in_file_order) 
   BOOST_TEST((u == sd));
   for (const auto& [k, v] : u)
     BOOST_TEST(reinterpret_cast<std::uintptr_t>(v.as_tensor().data()) % 4 == 0u);
+}
+
+// Laid out as the safetensors reference writer lays out a torch file with the FNUZ float8
+// types (format "pt", entries sorted by alignment then name, space padding).
+BOOST_AUTO_TEST_CASE(reference_written_fnuz_tensors_list_and_round_trip) {
+  scratch_dir dir("reader");
+  std::string header =
+      R"({"__metadata__":{"format":"pt"},)"
+      R"("a":{"dtype":"F8_E4M3FNUZ","shape":[2,2],"data_offsets":[0,4]},)"
+      R"("b":{"dtype":"F8_E5M2FNUZ","shape":[3],"data_offsets":[4,7]}})";
+  std::string data = "\x01\x02\x80\x7f" "\x10\x20\x30";
+  fs::path file = dir / "fnuz.safetensors";
+  write_file(file, safetensors_bytes(header, data));
+
+  auto entries = list_entries(file);
+  BOOST_TEST_REQUIRE(entries.size() == 2u);
+  BOOST_TEST((entries[0].type == dtype::f8_e4m3fnuz));
+  BOOST_TEST((entries[1].type == dtype::f8_e5m2fnuz));
+  state_dict sd = read(file);
+  BOOST_TEST(sd.at("a").as_tensor().nbytes() == 4u);
+  // Written again by our writer and read back: same dtypes, shapes and bytes.
+  write_safetensors(dir / "again.safetensors", sd);
+  state_dict back = read(dir / "again.safetensors");
+  BOOST_TEST((back == sd));
+  BOOST_TEST(std::memcmp(back.at("b").as_tensor().data(), "\x10\x20\x30", 3) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(files_without_tensors_read_as_empty_dicts) {
@@ -214,6 +247,68 @@ BOOST_AUTO_TEST_CASE(something_other_than_a_regular_file_gives_io_error) {
       expect_error(errc::io_error, {"checkpoint_0.safetensors", "not a regular file"}));
   BOOST_CHECK_EXCEPTION(list_entries("/dev/null"), error,
                         expect_error(errc::io_error, {"/dev/null", "not a regular file"}));
+}
+
+// A FIFO, a socket or a device named like a checkpoint: every reading call answers io_error at
+// once instead of blocking in open() (a FIFO) or reading a device. Should a call block anyway,
+// the watchdog opens the FIFO's other end, which releases it, and the case fails.
+BOOST_AUTO_TEST_CASE(fifos_sockets_and_devices_give_io_error_without_blocking) {
+  scratch_dir dir("reader");
+  fs::path fifo_dir = dir / "fifo", sock_dir = dir / "sock", dev_dir = dir / "dev";
+  for (const auto& d : {fifo_dir, sock_dir, dev_dir}) fs::create_directory(d);
+  fs::path fifo = fifo_dir / "checkpoint_0.safetensors";
+  BOOST_TEST_REQUIRE(::mkfifo(fifo.c_str(), 0644) == 0);
+  fs::path sock = sock_dir / "checkpoint_0.safetensors";
+  int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  BOOST_TEST_REQUIRE(sock.string().size() < sizeof addr.sun_path);
+  std::strcpy(addr.sun_path, sock.c_str());
+  BOOST_TEST_REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  fs::create_symlink("/dev/zero", dev_dir / "checkpoint_0.safetensors");
+
+  struct target {
+    fs::path dir;
+    std::string type;
+  };
+  for (const auto& t : {target{fifo_dir, "a FIFO"}, target{sock_dir, "a socket"},
+                        target{dev_dir, "a character device"}}) {
+    fs::path file = t.dir / "checkpoint_0.safetensors";
+    std::vector<std::pair<std::string, std::function<void()>>> calls{
+        {"read", [&] { read(file); }},
+        {"read(dir)", [&] { read(t.dir, {.allow_incomplete = true}); }},
+        {"read_into", [&] {
+           state_dict tmpl{{"w", tensor::zeros(dtype::f32, {2})}};
+           read_into(file, tmpl);
+         }},
+        {"list_entries", [&] { list_entries(file); }},
+        {"check_checksums", [&] { check_checksums(file); }},
+    };
+    for (auto& [name, call] : calls) {
+      BOOST_TEST_CONTEXT(t.type << ", " << name) {
+        auto done = std::async(std::launch::async, [&] {
+          try {
+            call();
+            return std::string("no error");
+          } catch (const error& e) {
+            return std::string(e.kind() == errc::io_error ? "io_error: " : "other: ") + e.what();
+          }
+        });
+        if (done.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+          int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);  // release the blocked open()
+          BOOST_ERROR("blocked for 5 s");
+          done.wait();
+          if (w >= 0) ::close(w);
+          continue;
+        }
+        std::string what = done.get();
+        BOOST_TEST(what.starts_with("io_error: "), what);
+        BOOST_TEST(what.find("is " + t.type + ", not a regular file") != std::string::npos, what);
+        BOOST_TEST(what.find("checkpoint_0.safetensors") != std::string::npos, what);
+      }
+    }
+  }
+  ::close(s);
 }
 
 BOOST_AUTO_TEST_CASE(hostile_files_are_rejected_as_corrupt_data_naming_file_and_field) {

@@ -129,3 +129,51 @@ BOOST_AUTO_TEST_CASE(prefaulted_segment_is_resident_before_the_first_write) {
   { auto a = warm.allocate(n / 2); std::memset(a.get(), 1, n / 2); }
   BOOST_TEST(mapped_resident_bytes(warm.base()) == warm.size());
 }
+
+BOOST_AUTO_TEST_CASE(a_growable_segment_grows_in_place_and_the_attached_side_follows) {
+  auto seg = segment::create(segment_options{.initial_bytes = 1u << 20, .max_bytes = 0});
+  auto child = segment::attach(::fcntl(seg.fd(), F_DUPFD_CLOEXEC, 0), seg.size());
+  std::size_t first_size = seg.size();
+  auto small = seg.allocate(1000);
+  std::memset(small.get(), 0x5a, 1000);
+  std::byte* base = seg.base();
+  // Far more than the segment holds: it grows by what is missing, nothing moves.
+  auto big = seg.allocate(24u << 20);
+  BOOST_TEST(seg.size() > first_size);
+  BOOST_TEST(seg.size() < first_size + (32u << 20));  // by what was needed, not by doubling
+  BOOST_TEST(seg.base() == base);
+  BOOST_TEST(seg.contains(big.get(), 24u << 20));
+  BOOST_TEST(static_cast<int>(small.get()[999]) == 0x5a);
+  std::memset(big.get(), 0x33, 24u << 20);
+  // The attached side maps the new tail when it first sees an offset in it.
+  auto view = child.resolve(seg.offset_of(big.get()), 24u << 20);
+  BOOST_TEST(static_cast<int>(view[0]) == 0x33);
+  BOOST_TEST(static_cast<int>(view[(24u << 20) - 1]) == 0x33);
+  BOOST_TEST(child.size() >= seg.offset_of(big.get()) + (24u << 20));
+  // ... but never beyond what the file holds.
+  BOOST_CHECK_THROW(child.resolve(seg.size(), 1), error);
+  // Freed memory is reused before the segment grows again.
+  std::size_t grown = seg.size();
+  big.reset();
+  auto again = seg.allocate(20u << 20);
+  BOOST_TEST(seg.size() == grown);
+}
+
+BOOST_AUTO_TEST_CASE(a_capped_segment_stops_at_its_cap_naming_it) {
+  auto seg = segment::create(segment_options{.initial_bytes = 1u << 20, .max_bytes = 8u << 20});
+  auto a = seg.allocate(4u << 20);  // grows within the cap
+  BOOST_TEST(seg.size() <= (8u << 20));
+  try {
+    (void)seg.allocate(6u << 20);
+    BOOST_FAIL("allocating beyond the cap must fail");
+  } catch (const error& e) {
+    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(errc::no_space));
+    std::string m = e.what();
+    BOOST_TEST(m.find("cap of 8.0 MiB") != std::string::npos, m);
+    BOOST_TEST(m.find("raise segment_bytes") != std::string::npos, m);
+  }
+  // A fixed segment (create(bytes)) never grows.
+  auto fixed = segment::create(1u << 20);
+  BOOST_CHECK_THROW((void)fixed.allocate(2u << 20), error);
+  BOOST_TEST(fixed.size() == (1u << 20));
+}

@@ -20,6 +20,12 @@ BOOST_AUTO_TEST_CASE(dtype_names_and_sizes_cover_the_safetensors_set) {
   BOOST_TEST(dtype_bits(dtype::bf16) == 16u);
   BOOST_TEST(dtype_bits(dtype::c64) == 64u);
   BOOST_TEST(!dtype_from_name("F128").has_value());
+  // The whole safetensors 0.8 list, FNUZ floats included.
+  for (std::string_view n : {"BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3",
+                             "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16",
+                             "I32", "U32", "F32", "C64", "F64", "I64", "U64"})
+    BOOST_TEST(dtype_from_name(n).has_value(), n);
+  BOOST_TEST(dtype_bits(dtype::f8_e4m3fnuz) == 8u);
   std::vector<std::int64_t> s{3};
   BOOST_TEST(!tensor_nbytes(dtype::f4, s).has_value());  // 12 bits: not whole bytes
   s = {4};

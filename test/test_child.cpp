@@ -7,6 +7,11 @@
 //   close-channel     answers INIT/PING, then closes its control socket on the first WRITE and
 //                     stays alive
 //
+// Writers for the lifecycle tests: "gate" (waits for a file, then writes like the default
+// writer), "progress" (reports progress until a file appears or for a while, like a healthy
+// slow writer), "stall" (the real default writer, stopped for good at its first progress
+// report, i.e. with its temporary file on disk).
+//
 // As a stand-in trainer (argv[1] == parent) it starts a checkpoint_process whose child is this
 // executable, prints "<child pid>\n" once the child is ready, and blocks on stdin; the test then
 // SIGKILLs it to check that the orphaned child exits.
@@ -21,6 +26,7 @@
 #include <iostream>
 #include <thread>
 
+#include "progress.hpp"  // lib/: to intercept the default writer's progress reports
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/protocol.hpp"
@@ -97,13 +103,15 @@ class fd_list_writer : public checkpoint_writer {
 };
 
 // Waits until the file named by kwarg "gate" exists (bounded), then writes like the default
-// writer: lets tests hold a write "in progress" for as long as they need.
+// writer: lets tests hold a write "in progress" for as long as they need. Creates
+// "<gate>.waiting" when it starts waiting.
 class gate_writer : public checkpoint_writer {
  public:
   explicit gate_writer(const kwargs& args) : inner_(make_default_writer(args)) {}
   void write(const state_dict& sd, const std::filesystem::path& path,
              const kwargs& kw) override {
     if (auto it = kw.find("gate"); it != kw.end()) {
+      std::ofstream(it->second + ".waiting") << ::getpid();
       auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
       while (!std::filesystem::exists(it->second)) {
         if (std::chrono::steady_clock::now() > end) throw std::runtime_error("gate never opened");
@@ -117,7 +125,52 @@ class gate_writer : public checkpoint_writer {
   std::unique_ptr<checkpoint_writer> inner_;
 };
 
+// A healthy writer that takes its time: reports progress every 10 ms while it waits for the file
+// named by kwarg "gate" (creating "<gate>.waiting" first), or for kwarg "ms" milliseconds; then
+// creates <path>/done. Bounded at 60 s.
+class progress_writer : public checkpoint_writer {
+ public:
+  void write(const state_dict&, const std::filesystem::path& path, const kwargs& kw) override {
+    using clock = std::chrono::steady_clock;
+    auto gate = kw.find("gate");
+    auto ms = kw.find("ms");
+    if (gate != kw.end()) std::ofstream(gate->second + ".waiting") << ::getpid();
+    auto end = clock::now() + (ms != kw.end() ? std::chrono::milliseconds(std::stol(ms->second))
+                                              : std::chrono::milliseconds(60000));
+    int n = 0;
+    while (clock::now() < end && !(gate != kw.end() && std::filesystem::exists(gate->second))) {
+      report_progress("waiting for the gate, round " + std::to_string(++n));
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::filesystem::create_directories(path);
+    std::ofstream(path / "done") << n;
+  }
+};
+
+// The default writer, stopped for good at its first progress report (after its first chunk of
+// data, with its temporary file on disk): creates <path>/stalled and pauses until killed.
+class stall_writer : public checkpoint_writer {
+ public:
+  explicit stall_writer(const kwargs& args) : inner_(make_default_writer(args)) {}
+  void write(const state_dict& sd, const std::filesystem::path& path, const kwargs& kw) override {
+    auto worker_reporter = detail::set_progress_reporter({});
+    detail::set_progress_reporter([worker_reporter, marker = path / "stalled"](std::string_view w) {
+      if (worker_reporter) worker_reporter(w);
+      std::ofstream(marker) << w;
+      for (;;) ::pause();
+    });
+    inner_->write(sd, path, kw);
+  }
+
+ private:
+  std::unique_ptr<checkpoint_writer> inner_;
+};
+
 void register_all() {
+  register_writer_factory("progress",
+                          [](const kwargs&) { return std::make_unique<progress_writer>(); });
+  register_writer_factory("stall",
+                          [](const kwargs& a) { return std::make_unique<stall_writer>(a); });
   register_writer_factory("gate", [](const kwargs& a) { return std::make_unique<gate_writer>(a); });
   register_writer_factory("fds", [](const kwargs&) { return std::make_unique<fd_list_writer>(); });
   register_init_function("sleep", [](const kwargs& a) {

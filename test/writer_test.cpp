@@ -273,6 +273,7 @@ BOOST_AUTO_TEST_CASE(written_file_follows_the_safetensors_layout) {
       {"d", random_tensor(dtype::f64, {2}, 4)},
       {"packed", random_tensor(dtype::f4, {6}, 5)},
       {"e", tensor::zeros(dtype::i32, {0})},
+      {"u", random_tensor(dtype::u8, {2}, 6)},
   };
   fs::path file = dir / "layout.safetensors";
   write_safetensors(file, sd);
@@ -324,6 +325,11 @@ BOOST_AUTO_TEST_CASE(written_file_follows_the_safetensors_layout) {
     }
   }
   BOOST_TEST(tensors == sd.size());
+  // Descending element size, state-dict order within a size, packed sub-byte types last.
+  std::vector<std::string> order;
+  for (const auto& kv : obj)
+    if (kv.key() != "__metadata__") order.emplace_back(kv.key());
+  BOOST_TEST((order == std::vector<std::string>{"d", "w", "e", "h", "flag", "u", "packed"}));
   BOOST_TEST(expected == data_size);  // no trailing bytes
   BOOST_TEST(fs::file_size(file) == 8 + n + data_size);
   BOOST_TEST(((fs::status(file).permissions() & fs::perms::others_write) == fs::perms::none));

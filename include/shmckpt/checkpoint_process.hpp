@@ -13,12 +13,21 @@
 // (for a future state dict); that copy is released when the child answers. A shared tensor must
 // not be modified until the future of every write that includes it has resolved.
 //
-// Lifetime. Requests are served strictly in order. `close()` (also run by the destructor) lets
-// queued writes finish, sends TERMINATE, waits up to `shutdown_timeout`, then kills and reaps the
-// child. If the child dies at any moment, every pending and later future fails within about a
-// second with a message containing "Child process terminated unexpectedly" and the reason
-// ("killed by signal 9", "exited with status 3"). If the parent dies, the child notices the
-// closed socket and exits.
+// Lifetime. Requests are served strictly in order. The child reports progress while it writes
+// (every chunk of data, and while it waits at the commit barrier); a write that makes no
+// progress for `progress_timeout` fails with error(timeout) naming what the child was last
+// doing, and the child is killed. If the child dies at any moment (crash, OOM kill, SIGKILL, or
+// killed for hanging), the write it was serving fails within about a second with a message
+// containing "Child process terminated unexpectedly" and the reason ("killed by signal 9",
+// "exited with status 3"), and the temporary file that write left is removed. Writes queued
+// behind it had not started: they stay queued. The next write (or those queued ones at once)
+// starts a new child on the same segment — tensors from `make_tensor` stay valid — with a fresh
+// handshake bounded by `init_timeout`. Only a child that fails to start (the first one or a
+// replacement) is final: every later write then fails with that error. `close()` (also run by
+// the destructor) lets queued writes finish, sends TERMINATE and kills and reaps the child if it
+// has not exited when `shutdown_timeout` is nearly over; it never takes longer than
+// `shutdown_timeout` in total. If the parent dies, the child notices the closed socket and
+// exits.
 //
 // Thread safety: all public members may be called concurrently from any thread.
 #pragma once
@@ -58,9 +67,17 @@ struct checkpoint_process_options {
   std::filesystem::path worker_path;
   /// Bound on spawn + init function + writer factory + PING. Reference default: 30 s.
   std::chrono::milliseconds init_timeout{std::chrono::seconds(30)};
-  /// How long close() waits for the child to finish queued writes and exit after TERMINATE
-  /// before killing it. Reference default: 60 s.
+  /// Bound on close() (and the destructor) as a whole: queued writes and TERMINATE may take all
+  /// of it but the last second (a quarter when it is shorter than 4 s), in which a child still
+  /// running is killed and reaped. Reference default: 60 s.
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(60)};
+  /// A write during which the child reports no progress for this long fails with
+  /// error(timeout) naming what the child was last doing; the child is killed and the next write
+  /// starts a new one. The default writer reports every 8 MiB written and every poll of the
+  /// commit barrier (so a slow disk or a long barrier wait is not a hang); a custom writer that
+  /// can go quiet for longer must call `shmckpt::report_progress` (worker.hpp) or raise this.
+  /// At least 1 s; `milliseconds::max()` disables the watchdog.
+  std::chrono::milliseconds progress_timeout{std::chrono::seconds(300)};
   /// Name of an init function registered in the child (empty: none), run before the writer is
   /// built, with `init_args`.
   std::string init_function;
@@ -71,12 +88,16 @@ struct checkpoint_process_options {
   kwargs writer_args;
   /// This trainer's rank; passed to the writer factory.
   rank_info rank;
-  /// Size of the shared segment. Every tensor of one write that is not already shared, plus all
-  /// tensors made with make_tensor(), must fit. Reserved up front: creation fails at once with a
-  /// clear error when the memory is not there.
-  std::size_t segment_bytes = std::size_t{256} << 20;
-  /// Fault every page of the segment in at creation, so copies into it run at memcpy speed
-  /// instead of page-fault speed (about 7× slower on first touch).
+  /// The most the shared segment may grow to; 0 (the default): no cap but the memory available.
+  /// The segment sizes itself: it starts at initial_segment_bytes and grows by what a write, a
+  /// staging generation or make_tensor() needs (no copy, no address moves; see segment.hpp).
+  /// Running out of memory is error(no_space) naming the bytes asked and available.
+  std::size_t segment_bytes = 0;
+  /// What the segment holds from the start (reserved and prefaulted at creation, so the first
+  /// checkpoint of a state dict this small pays no growth). Clipped to segment_bytes when set.
+  std::size_t initial_segment_bytes = std::size_t{64} << 20;
+  /// Fault every page of the segment in when it is created or grows, so copies into it run at
+  /// memcpy speed instead of page-fault speed (about 7× slower on first touch).
   bool prefault = true;
 };
 
@@ -85,24 +106,28 @@ class checkpoint_process {
   /// Creates the segment, starts the child and begins the handshake; returns without waiting
   /// for it. Throws error(no_space) when the segment cannot be reserved (naming the size asked
   /// and the room available), error(not_found) when the worker executable is missing,
-  /// error(unsupported) when the kernel lacks memfd or pidfd support.
+  /// error(unsupported) when the kernel lacks memfd or pidfd support, error(invalid_argument)
+  /// for a progress_timeout under 1 s.
   explicit checkpoint_process(checkpoint_process_options options = {});
   /// Runs close(); never throws.
   ~checkpoint_process();
   checkpoint_process(const checkpoint_process&) = delete;
   checkpoint_process& operator=(const checkpoint_process&) = delete;
 
-  /// Blocks until the child answered PING (at most init_timeout after construction). Throws
+  /// Blocks until the child answered PING (at most init_timeout after construction). When the
+  /// child has died since, starts its replacement and waits for that one. Throws
   /// error(timeout) "Timed out after Ns waiting for checkpoint subprocess to initialize",
   /// error(child_failed) carrying the child's message when the init function or the writer
-  /// factory failed, error(child_terminated) when the child died.
+  /// factory failed, error(child_terminated) when the child died before completing the
+  /// handshake. These are final: every later call throws the same.
   void wait_ready();
 
   /// Queues a write of `sd` to `path` and returns its future. Waits for initialisation first
   /// (throwing as wait_ready does). Tensors outside the segment are copied into it before
   /// returning; shared tensors are not copied. The future becomes ready when the checkpoint is
   /// durable, or holds an error(child_failed) with the writer's message, error(no_space) when
-  /// the segment cannot hold the copies, or error(child_terminated).
+  /// the segment cannot hold the copies, error(child_terminated) when the child died while
+  /// serving it, or error(timeout) when the child made no progress on it for progress_timeout.
   std::future<void> write(state_dict sd, std::filesystem::path path, kwargs kw = {});
 
   /// As above for a state dict still being produced (e.g. staged on another thread). Returns at
@@ -123,18 +148,18 @@ class checkpoint_process {
   /// Whether `t`'s bytes lie inside this process's shared segment.
   bool is_shared(const tensor& t) const noexcept;
 
-  /// Bytes of the segment not currently allocated.
+  /// Bytes of the segment not currently allocated (before any further growth).
   std::size_t segment_free_bytes() const;
 
-  /// The child's pid (for diagnostics and tests).
+  /// The current child's pid (for diagnostics and tests); a replacement has a new one.
   int child_pid() const noexcept;
 
-  /// True until the child has exited and been reaped.
+  /// True while the current child runs (false from its exit until a replacement starts).
   bool child_running() const;
 
-  /// Lets queued writes finish, sends TERMINATE, waits up to shutdown_timeout, then kills and
-  /// reaps the child. Futures still pending afterwards fail with error(closed). Idempotent.
-  /// Throws nothing when the child exited cleanly; returns normally in every case.
+  /// Lets queued writes finish, sends TERMINATE, and kills and reaps the child if it has not
+  /// exited near the end of shutdown_timeout; returns within shutdown_timeout. Futures still
+  /// pending afterwards fail with error(closed). Idempotent; starts no replacement child.
   void close() noexcept;
 
  private:

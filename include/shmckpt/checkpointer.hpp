@@ -8,8 +8,10 @@
 // waits for a free buffer generation (bounded), never overwriting a snapshot in use.
 //
 // Saves are written strictly in order. A write that failed is reported by its own future and
-// again by the next save() (which throws it), so a failure cannot go unnoticed by a trainer that
-// never looks at the futures.
+// again by the next save() (which throws it) or, for the last saves, by close() — so a failure
+// cannot go unnoticed by a trainer that never looks at the futures. The checkpointer survives
+// its child: when the child dies or hangs (checkpoint_process_options::progress_timeout), the
+// save it was writing fails and the next save starts a new child.
 //
 // `sync_checkpointer` writes in the calling process: simpler, and the trainer waits for the disk.
 //
@@ -83,7 +85,10 @@ class async_checkpointer {
   load_result load(const std::filesystem::path& path, state_dict& template_,
                    const load_options& options = {}) const;
 
-  /// Waits for every queued write, then stops the child. Idempotent.
+  /// Waits for every queued write (bounded by shutdown_timeout), then stops the child. Throws the
+  /// first failure of a save that no save() has thrown yet (even if its future was looked at),
+  /// including a write cut short by the shutdown. Idempotent: a second call does nothing. The
+  /// destructor closes too but cannot throw: call close() to learn of a last failure.
   void close();
 
   checkpoint_process& process();

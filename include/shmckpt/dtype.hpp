@@ -35,10 +35,12 @@ enum class dtype : std::uint8_t {
   f4 = 17,       // 4-bit float (E2M1), two per byte
   f6_e2m3 = 18,  // 6-bit floats, four per three bytes
   f6_e3m2 = 19,
+  f8_e4m3fnuz = 20,  // 8-bit floats without infinities or negative zero (AMD, Graphcore)
+  f8_e5m2fnuz = 21,
 };
 
 /// Number of dtype values; valid values are 0 .. dtype_count - 1.
-inline constexpr std::size_t dtype_count = 20;
+inline constexpr std::size_t dtype_count = 22;
 
 /// Size of one element in bits (8 × bytes for whole-byte types).
 std::size_t dtype_bits(dtype t) noexcept;

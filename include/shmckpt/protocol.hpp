@@ -14,8 +14,13 @@
 // every (offset, length) is resolved through a caller-supplied bounds-checked function. Anything
 // malformed throws error(protocol_error) naming the field; nothing crashes.
 //
-// Versioning: bump `protocol_version` whenever the header or any payload layout changes. A peer
-// with another version is rejected at the first frame with a message naming both versions.
+// Versioning: bump `protocol_version` whenever the header, any payload layout or the set of
+// message types changes. A peer with another version is rejected at the first frame with a
+// message naming both versions. Numbering is append-only: message types, value tags, dtype codes
+// and the `errc` codes of a RESPONSE are never renumbered or reused, only added.
+//
+// Version history: 1 — INIT, PING, WRITE_CHECKPOINT, TERMINATE, RESPONSE. 2 — adds PROGRESS
+// (child → parent), which lets the parent tell a slow child from a hung one.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +28,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -33,12 +39,13 @@
 namespace shmckpt::protocol {
 
 inline constexpr std::uint32_t frame_magic = 0x4B434853u;  // "SHCK" as little-endian bytes
-inline constexpr std::uint16_t protocol_version = 2;  // 2: int-keyed dict and tuple tags
+inline constexpr std::uint16_t protocol_version = 2;  // 2: int-keyed dict and tuple tags, PROGRESS
 inline constexpr std::size_t header_size = 24;
 /// Largest payload either side accepts (a descriptor of ~10 million tensors).
 inline constexpr std::uint32_t max_payload_bytes = 512u << 20;
-/// Deepest nesting of dicts and lists a descriptor may have.
-inline constexpr std::size_t max_depth = 128;
+/// Deepest nesting of dicts, lists and tuples a descriptor may have (the root dict is level 1):
+/// the state dict's own limit, so the parent refuses before sending what the child would refuse.
+inline constexpr std::size_t max_depth = max_nesting_depth;
 /// Longest string (key, value, path, message) a payload may carry.
 inline constexpr std::uint32_t max_string_bytes = 16u << 20;
 /// Most values (dict entries, list items, leaves) one descriptor may hold: bounds the memory a
@@ -46,6 +53,8 @@ inline constexpr std::uint32_t max_string_bytes = 16u << 20;
 inline constexpr std::size_t max_values = std::size_t{16} << 20;
 /// Most dimensions a tensor may have.
 inline constexpr std::size_t max_rank = 64;
+/// Longest description a PROGRESS frame may carry (the child truncates longer ones).
+inline constexpr std::uint32_t max_progress_bytes = 1024;
 
 enum class message_type : std::uint16_t {
   init = 1,              // parent → child: init function and writer factory to run
@@ -53,7 +62,32 @@ enum class message_type : std::uint16_t {
   write_checkpoint = 3,  // parent → child: persist a state dict
   terminate = 4,         // parent → child: finish and exit
   response = 0x100,      // child → parent: the outcome of one request
+  progress = 0x101,      // child → parent: still working on a request, and on what (version 2)
 };
+
+// `errc` values travel on the wire as RESPONSE codes, so, like dtype codes, they are append-only:
+// these assertions pin every value. A code this side does not know (above `last_wire_errc`)
+// is reported as errc::child_failed. Appending an errc: add its assertion and move
+// `last_wire_errc`; no version bump is needed.
+static_assert(static_cast<int>(errc::invalid_argument) == 1);
+static_assert(static_cast<int>(errc::corrupt_data) == 2);
+static_assert(static_cast<int>(errc::not_found) == 3);
+static_assert(static_cast<int>(errc::no_space) == 4);
+static_assert(static_cast<int>(errc::io_error) == 5);
+static_assert(static_cast<int>(errc::timeout) == 6);
+static_assert(static_cast<int>(errc::child_failed) == 7);
+static_assert(static_cast<int>(errc::child_terminated) == 8);
+static_assert(static_cast<int>(errc::protocol_error) == 9);
+static_assert(static_cast<int>(errc::closed) == 10);
+static_assert(static_cast<int>(errc::unsupported) == 11);
+inline constexpr errc last_wire_errc = errc::unsupported;
+
+/// The errc a RESPONSE code stands for: unknown codes (a newer peer) become child_failed.
+/// Precondition: `code` is not 0 (success).
+constexpr errc errc_from_wire(std::uint32_t code) noexcept {
+  return code >= 1 && code <= static_cast<std::uint32_t>(last_wire_errc) ? static_cast<errc>(code)
+                                                                         : errc::child_failed;
+}
 
 /// The fixed frame header, in host form. On the wire every field is little-endian, in this
 /// order, with no padding; `reserved` must be zero.
@@ -116,5 +150,10 @@ write_request decode_write(std::span<const std::byte> payload, const resolve_fun
 
 std::vector<std::byte> encode_response(const response& r);
 response decode_response(std::span<const std::byte> payload);
+
+/// PROGRESS payload: one `string`, what the child is doing for the frame's request id. The
+/// encoder truncates to max_progress_bytes (at a UTF-8 boundary); the decoder rejects longer.
+std::vector<std::byte> encode_progress(std::string_view what);
+std::string decode_progress(std::span<const std::byte> payload);
 
 }  // namespace shmckpt::protocol

@@ -11,11 +11,16 @@
 // at the start of the mapping. The child attaches to the same fd without the allocator and only
 // resolves (offset, length) pairs, each checked against the mapping's bounds.
 //
-// All memory is reserved when the segment is created (fallocate) and, by default, faulted into the
-// parent's page tables (MAP_POPULATE), so creation fails at once with a clear error when memory is
-// short (never a SIGBUS later) and copies into the segment run at memcpy speed from the first
-// checkpoint on. Buffers freed back to the allocator keep their pages: later checkpoints reuse
-// them without new faults.
+// Memory is reserved when the segment is created or grows (fallocate) and, by default, faulted
+// into the parent's page tables (MAP_POPULATE), so a shortage fails at once with a clear error
+// (never a SIGBUS later) and copies into the segment run at memcpy speed. Buffers freed back to
+// the allocator keep their pages: later checkpoints reuse them without new faults.
+//
+// Growth. A segment may grow, up to `segment_options::max_bytes` (0: as far as memory allows):
+// when an allocation does not fit, the parent extends the memory file by what is missing and maps
+// the new tail right after the old one inside an address range it reserved at creation, so no
+// address and no offset ever moves. The child maps the tail the first time it resolves an offset
+// in it, after checking the file is that large. Nothing has to be announced over the socket.
 //
 // Lifetime: a `segment` is a handle to shared state; tensors made by `make_tensor` keep the
 // mapping alive, so they stay valid after the segment handle is gone.
@@ -34,12 +39,24 @@
 
 namespace shmckpt {
 
+struct segment_options {
+  /// Bytes created (and reserved, and prefaulted) up front.
+  std::size_t initial_bytes = std::size_t{64} << 20;
+  /// The most the segment may grow to; 0 means no cap but the memory available. Equal to
+  /// initial_bytes (or smaller) for a segment of fixed size.
+  std::size_t max_bytes = 0;
+  /// Fault pages into the parent's page tables when they are added (MAP_POPULATE).
+  bool prefault = true;
+};
+
 class segment {
  public:
   /// Creates an anonymous segment of `bytes` bytes (rounded up to the page size) in the calling
   /// (parent) process. Throws error(no_space) naming the bytes asked and the memory available,
   /// error(unsupported) when memfd_create is missing, error(io_error) for other failures.
   static segment create(std::size_t bytes, bool prefault = true);
+  /// A segment that grows on demand (see segment_options); same errors.
+  static segment create(const segment_options& options);
 
   /// Maps an existing segment from an inherited fd (the child). Takes ownership of `fd`. The
   /// result resolves offsets but cannot allocate. Throws error(io_error) when the fd is not a
@@ -51,13 +68,17 @@ class segment {
   ~segment();
 
   std::byte* base() const noexcept;
+  /// Bytes mapped now (grows; never shrinks).
   std::size_t size() const noexcept;
+  /// The most it may grow to (parent; == size() for a fixed segment).
+  std::size_t max_size() const noexcept;
   /// The memory file's descriptor (close-on-exec; the launcher passes it to the child).
   int fd() const noexcept;
 
-  /// Allocates `n` bytes aligned to 64 (parent only). The memory returns to the segment when the
-  /// last copy of the returned pointer is destroyed; it keeps the mapping alive. Throws
-  /// error(no_space) naming `n` and the free bytes.
+  /// Allocates `n` bytes aligned to 64 (parent only), growing the segment when they do not fit.
+  /// The memory returns to the segment when the last copy of the returned pointer is destroyed;
+  /// it keeps the mapping alive. Throws error(no_space) naming `n`, the free bytes and the cap,
+  /// or the memory available when growing failed.
   std::shared_ptr<std::byte> allocate(std::size_t n);
 
   /// A zero-filled tensor in the segment (parent only).
@@ -75,11 +96,15 @@ class segment {
   /// Offset of `p` from the base; `p` must satisfy contains(p, 0).
   std::uint64_t offset_of(const void* p) const noexcept;
 
-  /// The bytes at [offset, offset + length), after checking they lie inside the mapping.
-  /// Throws error(protocol_error) naming the range and the segment size otherwise.
+  /// The bytes at [offset, offset + length), after checking they lie inside the mapping (in an
+  /// attached segment, after mapping what the parent has grown). Throws error(protocol_error)
+  /// naming the range and the segment size otherwise.
   std::span<std::byte> resolve(std::uint64_t offset, std::uint64_t length) const;
 
  private:
+  bool grow_for(std::size_t n);
+  std::size_t map_grown_tail(std::uint64_t offset, std::uint64_t length) const;
+
   struct impl;
   explicit segment(std::shared_ptr<impl> p) noexcept;
   std::shared_ptr<impl> impl_;

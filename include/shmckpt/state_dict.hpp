@@ -22,6 +22,12 @@
 // shared segment are handed to the child zero-copy; bytes anywhere else are copied into the
 // segment first (see checkpoint_process.hpp).
 //
+// Depth. A tree nests at most `max_nesting_depth` (64) levels of containers, the root dict being
+// level 1: the same limit for the file format, the child protocol and every operation here.
+// Copying a deeper tree, saving or writing it, or walking it (for_each_tensor, map_tensors)
+// throws error(invalid_argument) naming the path where the limit was crossed, before anything
+// is sent or written; destroying a tree of any depth is safe (it is dismantled iteratively).
+//
 // Thread safety: like standard containers — concurrent reads are safe, a write needs exclusive
 // access. Tensor bytes are not synchronised at all; the owner of the training loop decides when
 // they may change.
@@ -46,6 +52,9 @@
 namespace shmckpt {
 
 class value;
+
+/// The deepest nesting of dicts, lists and tuples a state dict may have (the root dict is 1).
+inline constexpr std::size_t max_nesting_depth = 64;
 
 /// The "no value" value (Python's None).
 struct none_t {
@@ -135,6 +144,7 @@ class dict {
 
   dict();
   dict(std::initializer_list<item> items);
+  /// Throws error(invalid_argument) when the dict nests deeper than max_nesting_depth.
   dict(const dict&);
   dict(dict&&) noexcept;
   dict& operator=(const dict&);
@@ -200,6 +210,13 @@ class value {
       std::variant<none_t, bool, std::int64_t, double, std::string, list, dict, tensor, tuple>;
 
   value() noexcept = default;
+  /// Throws error(invalid_argument) when `o` nests deeper than max_nesting_depth.
+  value(const value& o);
+  value(value&&) noexcept = default;
+  value& operator=(const value& o);
+  value& operator=(value&&) noexcept = default;
+  /// Iterative: a tree of any depth is destroyed without deep recursion.
+  ~value();
   value(none_t) noexcept {}
   value(bool b) noexcept : v_(b) {}
   template <class I>
@@ -245,6 +262,8 @@ class value {
   friend bool operator==(const value& a, const value& b) noexcept;
 
  private:
+  static storage copy_checked(const storage& s);
+
   storage v_;
 };
 
@@ -269,5 +288,10 @@ dict map_tensors(const dict& root, const std::function<tensor(const tensor&)>& f
 
 /// A deep copy whose tensors all own private copies of their bytes.
 dict deep_clone(const dict& root);
+
+/// Throws error(invalid_argument) naming the path when `root` nests deeper than
+/// max_nesting_depth. Iterative: safe at any depth. (Saving, writing, copying and walking a
+/// tree check this themselves.)
+void check_nesting_depth(const dict& root);
 
 }  // namespace shmckpt

@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "shmckpt/types.hpp"
 #include "shmckpt/writer.hpp"
@@ -42,6 +43,13 @@ using writer_factory = std::function<std::unique_ptr<checkpoint_writer>(const kw
 void register_init_function(std::string name, init_function fn);
 /// Registers `factory` under `name` (replacing an earlier one). "default" is pre-registered.
 void register_writer_factory(std::string name, writer_factory factory);
+
+/// For custom writers: tells the parent's progress watchdog
+/// (checkpoint_process_options::progress_timeout) that the write being served is alive, and
+/// what it is doing ("uploading shard 3 of 8"); a hang is reported with the last such text.
+/// Cheap (rate-limited to one message per 100 ms), callable from any thread, never throws;
+/// does nothing outside a checkpoint child. The default writer calls it itself.
+void report_progress(std::string_view what) noexcept;
 
 /// The first argument that marks a process as a checkpoint child.
 inline constexpr const char* worker_flag = "--shmckpt-worker";

@@ -58,6 +58,8 @@
 #include "shmckpt/worker.hpp"
 #include "shmckpt/writer.hpp"
 
+#include "compute_load.hpp"
+
 namespace fs = std::filesystem;
 namespace po = boost::program_options;
 namespace json = boost::json;
@@ -103,7 +105,7 @@ stats summarize(std::vector<double> v) {
 
 // ---- results -------------------------------------------------------------------------------------
 
-enum class unit { seconds, bytes_per_second, bytes, ratio };
+enum class unit { seconds, bytes_per_second, bytes, ratio, flops };
 enum class status { met, missed, info, skipped };
 
 const char* unit_name(unit u) {
@@ -112,6 +114,7 @@ const char* unit_name(unit u) {
     case unit::bytes_per_second: return "B/s";
     case unit::bytes: return "B";
     case unit::ratio: return "x";
+    case unit::flops: return "FLOP/s";
   }
   return "?";
 }
@@ -150,6 +153,15 @@ struct figure {
     target = t;
     st = ratio >= min_ratio ? status::met : status::missed;
   }
+  /// Ratio of the value's median to the baseline's, met when at most `max_ratio`.
+  void at_most(double max_ratio) {
+    ratio = value.median / baseline.median;
+    has_ratio = true;
+    char t[32];
+    std::snprintf(t, sizeof t, "<= %gx", max_ratio);
+    target = t;
+    st = ratio <= max_ratio ? status::met : status::missed;
+  }
 };
 
 std::string fmt(double v, unit u) {
@@ -163,6 +175,7 @@ std::string fmt(double v, unit u) {
     case unit::bytes_per_second: std::snprintf(buf, sizeof buf, "%.2f GB/s", v / 1e9); break;
     case unit::bytes: std::snprintf(buf, sizeof buf, "%.1f MiB", v / MiB); break;
     case unit::ratio: std::snprintf(buf, sizeof buf, "%.2fx", v); break;
+    case unit::flops: std::snprintf(buf, sizeof buf, "%.2f GFLOP/s", v / 1e9); break;
   }
   return buf;
 }
@@ -570,6 +583,7 @@ class bench {
       if (c_.wants("e2e")) end_to_end(s, priv);
       if (c_.wants("load")) load(s, largest);
       if (largest && c_.wants("memory")) parent_memory(s, priv);
+      if (c_.wants("interference") && (c_.smoke || s >= 256 * MiB)) interference(s);
     }
     flatness();
   }
@@ -937,6 +951,75 @@ class bench {
     add(f);
   }
 
+  // ---- interference: the trainer's own speed while the child persists ----
+  //
+  // A compute-bound loop stands in for the trainer (compute_load.hpp): its rate while the child
+  // persists a state dict already in shared memory (so no staging copy is involved) against its
+  // rate with nothing else running, on one thread (a core left free for the child) and on every
+  // core; and the persist's own time with and without that load. Idle windows, lone persists and
+  // loaded persists alternate within each repetition so that drift hits all three alike.
+  void interference(std::uint64_t s) {
+    progress(c_, "interference: " + size_label(s));
+    checkpoint_process p(process_opts(segment_for(s, c_.few_tensors), false));
+    p.wait_ready();
+    state_dict sd = make_shared_state(p, s, c_.few_tensors);
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    std::vector<unsigned> loads{1};
+    if (cores > 1) loads.push_back(cores);
+    for (unsigned threads : loads) {
+      std::vector<double> idle, busy, alone, loaded;
+      for (int r = 0; r < reps(); ++r) {
+        fs::path dir = scratch() / ("interference-" + std::to_string(r));
+        auto t0 = mono_ns();
+        p.write(sd, dir).get();
+        double lone = seconds_since(t0);
+        alone.push_back(lone);
+        fs::remove_all(dir);
+        {
+          // The idle window lasts as long as a persist, so both rates see the same turbo and
+          // thermal state. Sleeping here is the measurement window, not a synchronisation.
+          ckpt_bench::compute_load load(threads);
+          std::this_thread::sleep_for(std::chrono::duration<double>(std::max(lone, 0.05)));
+          idle.push_back(load.stop() * ckpt_bench::compute_load::flops_per_block);
+        }
+        {
+          ckpt_bench::compute_load load(threads);
+          auto t1 = mono_ns();
+          p.write(sd, dir).get();
+          loaded.push_back(seconds_since(t1));
+          busy.push_back(load.stop() * ckpt_bench::compute_load::flops_per_block);
+        }
+        fs::remove_all(dir);
+      }
+      bool core_free = threads < cores;
+      figure f;
+      f.id = threads == 1 ? "interference_one_thread" : "interference_all_cores";
+      f.name = "trainer compute while the child persists, " + std::to_string(threads) +
+               (threads == 1 ? " thread" : " threads") +
+               (core_free ? " (a core left free)" : " (every core busy)");
+      f.size = s;
+      f.tensors = c_.few_tensors;
+      f.u = unit::flops;
+      f.value = summarize(busy);
+      f.baseline_label = "the same loop with nothing else running";
+      f.baseline = summarize(idle);
+      f.at_least(core_free ? 0.95 : 0.90);
+      add(f);
+
+      figure g;
+      g.id = threads == 1 ? "persist_under_load_one_thread" : "persist_under_load_all_cores";
+      g.name = "persist time beside that trainer load, " + std::to_string(threads) +
+               (threads == 1 ? " thread" : " threads");
+      g.size = s;
+      g.tensors = c_.few_tensors;
+      g.value = summarize(loaded);
+      g.baseline_label = "the same persist with no trainer load";
+      g.baseline = summarize(alone);
+      g.at_most(1.5);
+      add(g);
+    }
+  }
+
   // ---- end to end ----
   void end_to_end(std::uint64_t s, private_state& priv) {
     progress(c_, "end-to-end save: " + size_label(s));
@@ -1229,7 +1312,7 @@ int main(int argc, char** argv) {
       ("smoke", po::bool_switch(&c.smoke), "tiny sizes, one repetition (for CTest)")
       ("json", po::bool_switch(&c.json), "print JSON instead of the table")
       ("only", po::value(&c.only)->multitoken(),
-       "run only these sections (startup ping open handoff staging persist e2e load memory)");
+       "run only these sections (startup ping open handoff staging persist e2e load memory interference)");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);

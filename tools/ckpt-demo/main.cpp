@@ -24,9 +24,12 @@
 // At the end each rank reloads its last checkpoint and checks that it equals a deep copy taken
 // when it was saved.
 //
-// Exit status: 0 when the last checkpoint verified, 1 on any error (including the checkpoint child
-// dying: the library's "Child process terminated unexpectedly"), a verification mismatch or, with
-// --ranks, any rank failing; 2 for bad command-line usage.
+// A checkpoint lost because the checkpoint child died or hung (the library's "Child process
+// terminated unexpectedly", or a progress timeout) is reported on stderr and training goes on:
+// the next save starts a new child, and the summary says how often that happened.
+//
+// Exit status: 0 when the last checkpoint verified, 1 on any other error, a verification mismatch
+// or, with --ranks, any rank failing; 2 for bad command-line usage.
 #include <signal.h>
 
 #include <algorithm>
@@ -212,7 +215,17 @@ class checkpoint_saver {
     const auto step = tr.step();
     auto sd = tr.state_dict();
     const auto saved = steady::now();
-    auto futures = ckpt_->save(path_for(step), sd, shmckpt::kwargs{{"step", std::to_string(step)}});
+    const shmckpt::kwargs kw{{"step", std::to_string(step)}};
+    shmckpt::async_checkpointer::save_futures futures;
+    try {
+      futures = ckpt_->save(path_for(step), sd, kw);
+    } catch (const shmckpt::error& e) {
+      // save() reports an earlier write's failure once; a lost checkpoint is also reported (and
+      // counted) when its own future settles below, so just save again.
+      if (!is_lost_checkpoint(e)) throw;
+      futures = ckpt_->save(path_for(step), sd, kw);
+    }
+    note_child();
     futures.staging.get();  // rethrows a staging failure
     const double stall_ms = ms_between(entered, steady::now());
     if (inject == fault::kill_child) {
@@ -247,8 +260,16 @@ class checkpoint_saver {
   // Waits for every checkpoint and closes the checkpointer; throws the first write error.
   void finish(std::int64_t current_step) {
     while (!pending_.empty()) settle_front(current_step);
-    ckpt_->close();
+    try {
+      ckpt_->close();
+    } catch (const shmckpt::error& e) {
+      if (!is_lost_checkpoint(e) || lost_ == 0) throw;  // a loss settle_front already reported
+    }
   }
+
+  // Pids of the checkpoint children this run used, in order (more than one: replaced).
+  const std::vector<int>& child_pids() const noexcept { return child_pids_; }
+  std::size_t lost_checkpoints() const noexcept { return lost_; }
 
   fs::path path_for(std::int64_t step) const { return root_ / ("step_" + std::to_string(step)); }
   const shmckpt::state_dict& last_saved() const noexcept { return last_saved_; }
@@ -270,11 +291,29 @@ class checkpoint_saver {
     std::future<steady::time_point> durable;  // when `write` became ready
   };
 
+  // The checkpoint child died or hung while writing: the checkpointer replaces it.
+  static bool is_lost_checkpoint(const shmckpt::error& e) {
+    return e.kind() == shmckpt::errc::child_terminated || e.kind() == shmckpt::errc::timeout;
+  }
+
+  void note_child() {
+    const int pid = ckpt_->process().child_pid();
+    if (child_pids_.empty() || child_pids_.back() != pid) child_pids_.push_back(pid);
+  }
+
   void settle_front(std::int64_t current_step) {
     auto p = std::move(pending_.front());
     pending_.pop_front();
     const auto durable_at = p.durable.get();
-    p.write.get();  // rethrows the write's error
+    try {
+      p.write.get();  // rethrows the write's error
+    } catch (const shmckpt::error& e) {
+      if (!is_lost_checkpoint(e)) throw;
+      ++lost_;
+      std::fprintf(stderr, "ckpt-demo: checkpoint step_%lld was lost, training goes on: %s\n",
+                   static_cast<long long>(p.step), e.what());
+      return;
+    }
     const double durable = ms_between(p.saved, durable_at);
     stalls_ms_.push_back(p.stall_ms);
     durable_ms_.push_back(durable);
@@ -304,6 +343,8 @@ class checkpoint_saver {
   std::optional<std::int64_t> last_step_;
   std::vector<double> stalls_ms_, durable_ms_;
   std::size_t blocked_saves_ = 0;
+  std::vector<int> child_pids_;
+  std::size_t lost_ = 0;
 };
 
 // Loads the newest complete checkpoint under o.dir into `tr`, if there is one.
@@ -432,6 +473,12 @@ int run(const demo_options& o, shmckpt::rank_info rank) {
         stalls.size(), median(stalls), stalled_ms / 1000.0, train_s,
         train_s > 0 ? 100.0 * stalled_ms / 1000.0 / train_s : 0.0, saver->blocked_saves(),
         median(saver->durable_ms()));
+  if (const auto& pids = saver->child_pids(); pids.size() > 1) {
+    std::string list;
+    for (int pid : pids) list += (list.empty() ? "" : ", ") + std::to_string(pid);
+    std::printf("checkpoint child replaced %zu time(s) (pids %s); %zu checkpoint(s) lost\n",
+                pids.size() - 1, list.c_str(), saver->lost_checkpoints());
+  }
   print_final_state(tr);
 
   const auto last_step = saver->last_step();
