@@ -78,10 +78,12 @@ def main():
         print(f"resumed from {latest} at step {start}")
 
     t0 = time.monotonic()
-    # Room for two snapshots (double buffering) plus slack.
-    ck = shmckpt.AsyncCheckpointer(segment_bytes=2 * nbytes + (32 << 20))
+    # The shared segment grows as needed; starting it with room for two snapshots (double
+    # buffering) spares the first checkpoints the growth.
+    segment = 2 * nbytes + (32 << 20)
+    ck = shmckpt.AsyncCheckpointer(initial_segment_bytes=segment)
     print(f"checkpoint child pid {ck.child_pid} started in {(time.monotonic() - t0) * 1e3:.1f} ms"
-          f" (segment {(2 * nbytes + (32 << 20)) / 2**20:.0f} MiB, 2 buffer generations);"
+          f" (segment {segment / 2**20:.0f} MiB, 2 buffer generations);"
           f" checkpoints every {args.every} steps into {args.dir}, keeping the newest {args.keep}")
 
     pending = []        # checkpoints whose write is not reported yet

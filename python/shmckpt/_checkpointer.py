@@ -90,9 +90,10 @@ class AsyncCheckpointer(_Closing):
     """Snapshots state dicts into shared memory on a background thread and writes them durably
     in a native checkpoint child (shmckpt::async_checkpointer).
 
-    Options (keyword arguments; C++ defaults): segment_bytes (256 MiB: must hold
-    `staging_generations` snapshots), staging_threads (0: one per core, at most 4),
-    staging_generations (2), staging_timeout (600 s), init_timeout (30 s), shutdown_timeout
+    Options (keyword arguments; C++ defaults): segment_bytes (0: the shared segment grows as
+    needed; else its cap), initial_segment_bytes (64 MiB, prefaulted at start),
+    progress_timeout (300 s without progress fails a write), staging_threads (0: one per
+    core, at most 4), staging_generations (2), staging_timeout (600 s), init_timeout (30 s), shutdown_timeout
     (60 s), commit_timeout (600 s), prefault (True), rank and world_size (from RANK/WORLD_SIZE,
     OMPI_*, PMI_*, SLURM_* unless given), worker_path, writer_factory, writer_args,
     init_function, init_args. Times are in seconds.
@@ -134,13 +135,16 @@ class AsyncCheckpointer(_Closing):
         return self._core.child_pid
 
     def close(self):
-        """Waits for every queued write, stops the child. Idempotent."""
+        """Waits for every queued write (bounded by shutdown_timeout), stops the child, and
+        raises the first failure of a save that no save() has raised yet. Idempotent."""
         if getattr(self, "_closed", True) or not self._mine():
             return
         self._closed = True
-        self._core.close()
-        self._staging.close()
-        self._writes.close()
+        try:
+            self._core.close()  # raises a last failure that no save() raised
+        finally:
+            self._staging.close()
+            self._writes.close()
 
 
 class SyncCheckpointer(_Closing):
@@ -177,7 +181,8 @@ class SyncCheckpointer(_Closing):
 class CheckpointProcess(_Closing):
     """One long-lived native checkpoint child (shmckpt::checkpoint_process).
 
-    Options: segment_bytes (256 MiB), init_timeout (30 s), shutdown_timeout (60 s), prefault,
+    Options: segment_bytes (0: grows as needed; else its cap), initial_segment_bytes (64 MiB),
+    init_timeout (30 s), shutdown_timeout (60 s), progress_timeout (300 s), prefault,
     worker_path (a child binary that registers init functions and writer factories),
     init_function / init_args, writer_factory ("default") / writer_args, rank, world_size.
     """

@@ -102,6 +102,10 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
     std::string key = py::str(k);
     if (key == "segment_bytes")
       po.segment_bytes = v.cast<std::size_t>();
+    else if (key == "initial_segment_bytes")
+      po.initial_segment_bytes = v.cast<std::size_t>();
+    else if (key == "progress_timeout")
+      po.progress_timeout = seconds_option(v, "progress_timeout");
     else if (key == "init_timeout")
       po.init_timeout = seconds_option(v, "init_timeout");
     else if (key == "shutdown_timeout")
@@ -136,8 +140,9 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
     else
       throw_error(errc::invalid_argument,
                   "unknown option '" + key +
-                      "'; known: segment_bytes, init_timeout, "
-                      "shutdown_timeout, prefault, worker_path, init_function, init_args, "
+                      "'; known: segment_bytes, initial_segment_bytes, init_timeout, "
+                      "shutdown_timeout, progress_timeout, prefault, worker_path, init_function, "
+                      "init_args, "
                       "writer_factory, writer_args, rank, world_size" +
                       std::string(checkpointer ? ", staging_threads, staging_generations, "
                                                  "staging_timeout, commit_timeout"
@@ -240,7 +245,13 @@ class py_process {
     close_impl();
   }
 
+  /// Waits for the current child's handshake; after a child died, the C++ wait_ready() starts
+  /// its replacement. Runs on a helper thread so that the wait can be interrupted.
   void wait_ready() {
+    if (ready_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      auto* raw = checked_ptr();
+      ready_ = std::async(std::launch::async, [raw] { raw->wait_ready(); }).share();
+    }
     wait_interruptibly(ready_);
     ready_.get();
   }
@@ -286,9 +297,10 @@ class py_process {
   }
 
  private:
-  checkpoint_process& checked() {
+  checkpoint_process& checked() { return *checked_ptr(); }
+  checkpoint_process* checked_ptr() {
     if (!p_) throw_error(errc::closed, "CheckpointProcess used after close()");
-    return *p_;
+    return p_.get();
   }
 
   void close_impl() {
@@ -370,10 +382,12 @@ class py_async {
   int child_pid() { return checked().process().child_pid(); }
   std::size_t segment_free_bytes() { return checked().process().segment_free_bytes(); }
 
+  /// Waits for queued writes and stops the child; raises the first failure no save() raised.
   void close() {
     if (!c_) return;
+    auto c = std::move(c_);
     py::gil_scoped_release r;
-    close_impl();
+    c->close();
   }
 
  private:
@@ -381,10 +395,10 @@ class py_async {
     if (!c_) throw_error(errc::closed, "AsyncCheckpointer used after close()");
     return *c_;
   }
-  void close_impl() {
+  void close_impl() noexcept {
     try {
       c_->close();
-    } catch (...) {
+    } catch (...) {  // the destructor cannot report it; close() does
     }
     c_.reset();
   }

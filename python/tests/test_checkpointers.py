@@ -149,15 +149,19 @@ def test_rank_comes_from_the_launcher_environment(monkeypatch, tmp_path):
 
 def test_staging_timeout_when_every_generation_is_busy(tmp_path, test_child):
     gate = tmp_path / "gate"
-    with shmckpt.AsyncCheckpointer(segment_bytes=16 << 20, worker_path=test_child,
+    ck = shmckpt.AsyncCheckpointer(segment_bytes=16 << 20, worker_path=test_child,
                                    writer_factory="gate", staging_generations=1,
-                                   staging_timeout=0.2) as ck:
-        first = ck.save(tmp_path / "a", state(), gate=str(gate))
-        staging, write = ck.save(tmp_path / "b", state())
-        with pytest.raises(shmckpt.TimeoutError):
-            staging.result(timeout=60)
-        gate.touch()
-        first[1].result(timeout=60)
+                                   staging_timeout=0.2)
+    first = ck.save(tmp_path / "a", state(), gate=str(gate))
+    staging, write = ck.save(tmp_path / "b", state())
+    with pytest.raises(shmckpt.TimeoutError):
+        staging.result(timeout=60)
+    gate.touch()
+    first[1].result(timeout=60)
+    # No save() raised the failure of "b": close() does.
+    with pytest.raises(shmckpt.TimeoutError):
+        ck.close()
+    ck.close()  # once
 
 
 @pytest.mark.parametrize("how", ["exit", "drop", "interrupt"])

@@ -70,8 +70,20 @@ def test_child_killed_mid_write_fails_the_future_within_about_a_second(tmp_path,
         assert isinstance(e, shmckpt.ChildTerminatedError)
         assert "Child process terminated unexpectedly" in str(e)
         assert "signal 9" in str(e)
-        with pytest.raises(shmckpt.ChildTerminatedError):
-            cp.write({"w": torch.ones(10)}, tmp_path / "d").result(timeout=30)
+        assert not (tmp_path / "c" / "checkpoint_0.safetensors").exists()
+    # The next write starts a replacement child on the same segment.
+    with shmckpt.CheckpointProcess(worker_path=test_child, segment_bytes=8 << 20) as cp:
+        killed = cp.pid
+        w = cp.empty(4)
+        cp.write({"w": w}, tmp_path / "e").result(timeout=60)
+        os.kill(cp.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while cp.child_running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        w.fill_(5.0)  # the segment, and tensors in it, outlive the child
+        cp.write({"w": w}, tmp_path / "f").result(timeout=60)
+        assert cp.pid != killed
+    assert torch.equal(shmckpt.load(tmp_path / "f")["w"], torch.full((4,), 5.0))
 
 
 def test_init_timeout_is_a_timeout_error(test_child):

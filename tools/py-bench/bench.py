@@ -118,7 +118,8 @@ def main():
             sd = make_state(mib)
             total = nbytes(sd)
             t0 = time.monotonic()
-            ck = shmckpt.AsyncCheckpointer(segment_bytes=2 * total + (64 << 20))
+            # Sized for two snapshots from the start (it would grow to that by itself).
+            ck = shmckpt.AsyncCheckpointer(initial_segment_bytes=2 * total + (64 << 20))
             ck_start = time.monotonic() - t0
             runs = {"torch.save": [], "reference": [], "shmckpt": []}
             try:
