@@ -7,6 +7,7 @@ SHMCKPT_PACKAGES=(
   g++ cmake ninja-build ccache pkg-config util-linux
   libboost1.81-dev libboost-test1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libxxhash-dev
+  python3-dev pybind11-dev python3-torch python3-numpy python3-pytest
 )
 
 shmckpt_install_deps() {
