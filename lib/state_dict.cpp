@@ -85,14 +85,6 @@ void check_nesting(const dict* d, const list* l, std::size_t level, std::string&
   }
 }
 
-void check_nesting(const value& v) {
-  const dict* d = as_dict_ptr(v);
-  const list* l = as_seq_ptr(v);
-  if (!d && !l) return;
-  std::string path;
-  check_nesting(d, l, 1, path);
-}
-
 // Copies check the depth once, in the outermost copy; the copies it makes of the children
 // (through the containers' own copy constructors) see that they are nested and skip it.
 thread_local int t_copy_nesting = 0;
