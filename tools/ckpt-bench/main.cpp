@@ -145,22 +145,19 @@ struct figure {
   std::string note;
 
   /// Ratio of the value's median to the baseline's, met when at least `min_ratio`.
-  void at_least(double min_ratio) {
-    ratio = value.median / baseline.median;
-    has_ratio = true;
-    char t[32];
-    std::snprintf(t, sizeof t, ">= %gx", min_ratio);
-    target = t;
-    st = ratio >= min_ratio ? status::met : status::missed;
-  }
+  void at_least(double min_ratio) { judge_ratio(">=", min_ratio); }
   /// Ratio of the value's median to the baseline's, met when at most `max_ratio`.
-  void at_most(double max_ratio) {
+  void at_most(double max_ratio) { judge_ratio("<=", max_ratio); }
+
+ private:
+  void judge_ratio(const char* op, double bound) {
     ratio = value.median / baseline.median;
     has_ratio = true;
     char t[32];
-    std::snprintf(t, sizeof t, "<= %gx", max_ratio);
+    std::snprintf(t, sizeof t, "%s %gx", op, bound);
     target = t;
-    st = ratio <= max_ratio ? status::met : status::missed;
+    bool ok = op[0] == '>' ? ratio >= bound : ratio <= bound;
+    st = ok ? status::met : status::missed;
   }
 };
 
