@@ -509,8 +509,15 @@ void commit_checkpoint(const fs::path& dir, const rank_file& me, rank_info rank,
                    {"world_size", rank.world_size},
                    {"ranks", std::move(ranks)}};
     publish_file(mpath, json::serialize(m) + "\n");
-    std::error_code ec;
-    fs::remove_all(dir / commit_dir, ec);  // best effort: the manifest is what counts
+    // Best effort: the manifest is what counts. Other ranks remove what they re-create; our own
+    // arrival goes first and by name, since remove_all stops at the first entry that vanishes
+    // under it (another rank removing its own arrival meanwhile).
+    ::unlink((dir / commit_dir / "0").c_str());
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      std::error_code ec;
+      fs::remove_all(dir / commit_dir, ec);
+      if (!ec) break;
+    }
   } else {
     // Complete means published: wait for rank 0's manifest of this very round (our token).
     auto deadline = std::chrono::steady_clock::now() + timeout;
