@@ -86,7 +86,27 @@ class _Closing:
             pass
 
 
-class AsyncCheckpointer(_Closing):
+class _Checkpointer(_Closing):
+    """What both checkpointers share: load and the rank they save as."""
+
+    def load(self, path, state_dict=None, *, strict=False, allow_incomplete=False,
+             verify_checksums=False):
+        """This rank's file of checkpoint `path`; see shmckpt.load."""
+        sd, missing = self._core.load(path, state_dict, strict, allow_incomplete,
+                                      verify_checksums)
+        _report_missing(path, missing)
+        return sd
+
+    @property
+    def rank(self):
+        return self._core.rank[0]
+
+    @property
+    def world_size(self):
+        return self._core.rank[1]
+
+
+class AsyncCheckpointer(_Checkpointer):
     """Snapshots state dicts into shared memory on a background thread and writes them durably
     in a native checkpoint child (shmckpt::async_checkpointer).
 
@@ -114,22 +134,6 @@ class AsyncCheckpointer(_Closing):
         staging, write = self._core.save(path, state_dict, kwargs)
         return self._staging.add(staging), self._writes.add(write)
 
-    def load(self, path, state_dict=None, *, strict=False, allow_incomplete=False,
-             verify_checksums=False):
-        """This rank's file of checkpoint `path`; see shmckpt.load."""
-        sd, missing = self._core.load(path, state_dict, strict, allow_incomplete,
-                                      verify_checksums)
-        _report_missing(path, missing)
-        return sd
-
-    @property
-    def rank(self):
-        return self._core.rank[0]
-
-    @property
-    def world_size(self):
-        return self._core.rank[1]
-
     @property
     def child_pid(self):
         return self._core.child_pid
@@ -147,7 +151,7 @@ class AsyncCheckpointer(_Closing):
             self._writes.close()
 
 
-class SyncCheckpointer(_Closing):
+class SyncCheckpointer(_Checkpointer):
     """Writes checkpoints in the calling process: save() returns once the checkpoint is durable
     and committed (shmckpt::sync_checkpointer). Options: rank, world_size, commit_timeout."""
 
@@ -157,21 +161,6 @@ class SyncCheckpointer(_Closing):
 
     def save(self, path, state_dict, **kwargs):
         self._core.save(path, state_dict, kwargs)
-
-    def load(self, path, state_dict=None, *, strict=False, allow_incomplete=False,
-             verify_checksums=False):
-        sd, missing = self._core.load(path, state_dict, strict, allow_incomplete,
-                                      verify_checksums)
-        _report_missing(path, missing)
-        return sd
-
-    @property
-    def rank(self):
-        return self._core.rank[0]
-
-    @property
-    def world_size(self):
-        return self._core.rank[1]
 
     def close(self):
         if hasattr(self, "_core") and self._mine():
