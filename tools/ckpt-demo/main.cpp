@@ -404,14 +404,15 @@ int run(const demo_options& o, shmckpt::rank_info rank) {
     fs::create_directories(o.dir);
     shmckpt::checkpointer_config config;
     config.process.worker = shmckpt::worker_binary::this_executable;
-    // Room for one snapshot per buffer generation, and slack for the descriptors.
+    // The segment sizes itself; starting it with room for one snapshot per buffer generation
+    // (prefaulted at start-up) keeps growth out of the first checkpoints' stall figures.
     constexpr std::uint64_t round = std::uint64_t{1} << 20;
     const std::uint64_t generations = config.staging.generations;
-    config.process.segment_bytes = static_cast<std::size_t>(
+    config.process.initial_segment_bytes = static_cast<std::size_t>(
         (generations * totals.bytes + 16 * round + round - 1) / round * round);
     config.commit_timeout = std::chrono::seconds(o.commit_timeout_s);
     const auto start = steady::now();
-    const auto segment_bytes = config.process.segment_bytes;
+    const auto segment_bytes = config.process.initial_segment_bytes;
     saver.emplace(std::move(config), rank, o.dir, static_cast<std::size_t>(o.keep));
     saver->checkpointer().process().wait_ready();
     std::printf(
