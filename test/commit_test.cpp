@@ -26,7 +26,7 @@
 #include "shmckpt/checkpointer.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
-#include "progress.hpp"  // lib/: the seam through which the barrier reports progress
+#include "core/progress.hpp"  // lib/: the seam through which the barrier reports progress
 #include "shmckpt/writer.hpp"
 #include "test_support.hpp"
 

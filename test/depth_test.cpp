@@ -8,7 +8,7 @@
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/checkpointer.hpp"
 #include "shmckpt/error.hpp"
-#include "shmckpt/protocol.hpp"
+#include "ipc/protocol.hpp"
 #include "shmckpt/state_dict.hpp"
 #include "shmckpt/writer.hpp"
 #include "test_support.hpp"

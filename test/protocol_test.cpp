@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "shmckpt/error.hpp"
-#include "shmckpt/protocol.hpp"
+#include "ipc/protocol.hpp"
 
 using namespace shmckpt;
 namespace p = shmckpt::protocol;

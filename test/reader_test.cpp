@@ -16,7 +16,7 @@
 #include "hostile/hostile_files.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
-#include "shmckpt/segment.hpp"
+#include "ipc/segment.hpp"
 #include "shmckpt/writer.hpp"
 
 using namespace shmckpt;

@@ -10,7 +10,7 @@
 #include <set>
 
 #include "shmckpt/error.hpp"
-#include "shmckpt/segment.hpp"
+#include "ipc/segment.hpp"
 #include "test_support.hpp"
 
 using shmckpt::test::dev_shm_entries;

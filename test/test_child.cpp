@@ -33,10 +33,10 @@
 #include <iostream>
 #include <thread>
 
-#include "progress.hpp"  // lib/: to intercept the default writer's progress reports
+#include "core/progress.hpp"  // lib/: to intercept the default writer's progress reports
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/error.hpp"
-#include "shmckpt/protocol.hpp"
+#include "ipc/protocol.hpp"
 #include "shmckpt/worker.hpp"
 #include "shmckpt/writer.hpp"
 

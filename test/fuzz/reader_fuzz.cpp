@@ -22,7 +22,7 @@
 #include <string>
 #include <unordered_set>
 
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
 
 namespace {

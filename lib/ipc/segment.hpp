@@ -1,4 +1,4 @@
-// shmckpt/segment.hpp — the shared-memory segment between a trainer and its checkpoint child.
+// lib/ipc/segment.hpp — the shared-memory segment between a trainer and its checkpoint child.
 //
 // The segment is an anonymous memory file (memfd_create, owner-only by construction) mapped
 // MAP_SHARED by both processes. It has no name: nothing appears in /dev/shm, nothing is left

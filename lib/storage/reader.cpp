@@ -42,11 +42,11 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "regular_file.hpp"
-#include "safetensors.hpp"
+#include "io/regular_file.hpp"
+#include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/writer.hpp"
-#include "util.hpp"
+#include "core/util.hpp"
 
 #ifndef SHMCKPT_VERSION
 #define SHMCKPT_VERSION "unknown"

@@ -21,7 +21,7 @@
 // SAX pass that builds the entries directly ("fast paths"); anything unexpected sends the text
 // to the exact path (a duplicate-key pass, then a DOM in an arena) that names the error. The tree
 // document is parsed into an arena-backed DOM in one pass that hashes keys as it goes.
-#include "safetensors.hpp"
+#include "format/safetensors.hpp"
 
 #include <algorithm>
 #include <bit>

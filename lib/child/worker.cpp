@@ -31,10 +31,10 @@
 #include <mutex>
 #include <thread>
 
-#include "progress.hpp"
+#include "core/progress.hpp"
 #include "shmckpt/error.hpp"
-#include "shmckpt/protocol.hpp"
-#include "shmckpt/segment.hpp"
+#include "ipc/protocol.hpp"
+#include "ipc/segment.hpp"
 
 namespace shmckpt {
 

@@ -1,4 +1,4 @@
-// shmckpt/protocol.hpp — the wire format of the control channel (docs/protocol.md).
+// lib/ipc/protocol.hpp — the wire format of the control channel (docs/protocol.md).
 //
 // Parent and child talk over a private unix stream socket pair. Only small control messages
 // travel on it; tensor bytes never do: a WRITE_CHECKPOINT carries a descriptor of the state dict

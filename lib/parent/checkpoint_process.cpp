@@ -52,11 +52,11 @@
 #include <thread>
 
 #include "shmckpt/error.hpp"
-#include "shmckpt/protocol.hpp"
-#include "shmckpt/segment.hpp"
+#include "ipc/protocol.hpp"
+#include "ipc/segment.hpp"
 #include "shmckpt/worker.hpp"
 #include "shmckpt/writer.hpp"
-#include "util.hpp"
+#include "core/util.hpp"
 
 namespace shmckpt {
 

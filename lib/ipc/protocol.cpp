@@ -1,4 +1,4 @@
-#include "shmckpt/protocol.hpp"
+#include "ipc/protocol.hpp"
 
 #include <bit>
 #include <cstring>

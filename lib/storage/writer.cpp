@@ -43,11 +43,11 @@
 #include <string>
 #include <vector>
 
-#include "progress.hpp"
-#include "safetensors.hpp"
+#include "core/progress.hpp"
+#include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
-#include "temp_file.hpp"
-#include "util.hpp"
+#include "io/temp_file.hpp"
+#include "core/util.hpp"
 
 namespace shmckpt {
 namespace {

@@ -28,7 +28,7 @@
 #include <string>
 #include <string_view>
 
-#include "util.hpp"
+#include "core/util.hpp"
 
 namespace shmckpt::detail {
 

@@ -19,7 +19,7 @@
 #include <unordered_map>
 
 #include "shmckpt/error.hpp"
-#include "util.hpp"
+#include "core/util.hpp"
 
 namespace shmckpt {
 

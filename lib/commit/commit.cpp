@@ -16,11 +16,11 @@
 #include <set>
 #include <thread>
 
-#include "progress.hpp"
+#include "core/progress.hpp"
 #include "shmckpt/error.hpp"
-#include "temp_file.hpp"
-#include "regular_file.hpp"
-#include "util.hpp"
+#include "io/temp_file.hpp"
+#include "io/regular_file.hpp"
+#include "core/util.hpp"
 
 namespace shmckpt {
 

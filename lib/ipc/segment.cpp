@@ -1,4 +1,4 @@
-#include "shmckpt/segment.hpp"
+#include "ipc/segment.hpp"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -17,7 +17,7 @@
 #include <string>
 
 #include "shmckpt/error.hpp"
-#include "util.hpp"
+#include "core/util.hpp"
 
 namespace shmckpt {
 
