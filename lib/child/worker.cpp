@@ -49,14 +49,18 @@ struct registry {
   std::map<std::string, writer_factory, std::less<>> writers;
 };
 
-std::atomic<bool> g_cancel{false};  // parent gone or SIGTERM: abandon work
+std::atomic<bool> g_cancel{false};     // parent gone or SIGTERM: abandon work
+std::atomic<bool> g_terminated{false};  // SIGTERM received: exit with 128 + SIGTERM
 
 registry& reg() {
   static registry r;
   return r;
 }
 
-extern "C" void on_sigterm(int) { g_cancel.store(true, std::memory_order_relaxed); }
+extern "C" void on_sigterm(int) {
+  g_terminated.store(true, std::memory_order_relaxed);
+  g_cancel.store(true, std::memory_order_relaxed);
+}
 
 // How long the loop may keep running once the parent is gone before the watcher ends the
 // process: enough for the default writer to notice the cancel flag and clean up.
@@ -129,7 +133,8 @@ class worker {
       boost::system::error_code ec;
       asio::read(sock_, asio::buffer(hbuf), ec);
       // EOF: the parent closed the channel or died; nothing to answer.
-      if (ec) return g_cancel.load() ? 128 + SIGTERM : 0;
+      // (The watcher also raises g_cancel when the parent goes: that is a plain exit.)
+      if (ec) return g_terminated.load() ? 128 + SIGTERM : 0;
       protocol::frame_header h;
       try {
         h = protocol::decode_header(hbuf);
@@ -142,7 +147,7 @@ class worker {
       asio::read(sock_, asio::buffer(payload), ec);
       if (ec) return 0;
       if (!serve(h, payload)) return 0;
-      if (g_cancel.load()) return 128 + SIGTERM;
+      if (g_terminated.load()) return 128 + SIGTERM;
     }
   }
 
@@ -295,7 +300,7 @@ void watch_parent(int fd, std::atomic<bool>& done, std::mutex& m, std::condition
     int r = ::poll(&p, 1, 200);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 || (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) break;
-    if (g_cancel.load()) {
+    if (g_terminated.load()) {
       status = 128 + SIGTERM;
       break;
     }
