@@ -8,6 +8,7 @@ SHMCKPT_PACKAGES=(
   libboost1.81-dev libboost-test1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libxxhash-dev
   python3-dev pybind11-dev python3-torch python3-numpy python3-pytest
+  iproute2 openssh-client openssh-server sshfs fuse3
 )
 
 shmckpt_install_deps() {
