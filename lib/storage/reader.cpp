@@ -26,6 +26,7 @@
 #include "shmckpt/reader.hpp"
 
 #include "shmckpt/commit.hpp"
+#include "shmckpt/layout.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -45,7 +46,6 @@
 #include "io/regular_file.hpp"
 #include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
-#include "shmckpt/writer.hpp"
 #include "core/util.hpp"
 
 #ifndef SHMCKPT_VERSION
