@@ -33,14 +33,12 @@
 #include "format/header_exact.hpp"
 #include "format/header_fast.hpp"
 #include "format/safetensors.hpp"
-#include "hostile/hostile_files.hpp"
+#include "fuzz/corpus.hpp"
 #include "shmckpt/error.hpp"
-#include "shmckpt/writer.hpp"
 
 namespace {
 
 using namespace shmckpt;
-using shmckpt_test::random_tensor;
 using metadata_list = std::vector<std::pair<std::string, std::string>>;
 
 const std::string label = "checkpoint 'differential'";
@@ -181,28 +179,9 @@ std::optional<header_case> from_file(std::string name, const std::string& bytes)
 
 // The files reader_fuzz_replay runs: our writer's files of a few kinds, and every hostile case.
 std::vector<header_case> corpus() {
-  std::vector<std::pair<std::string, state_dict>> dicts = {
-      {"empty", {}},
-      {"scalars", {{"step", 7}, {"lr", 0.001}, {"name", "run"}, {"flag", false}, {"n", none}}},
-      {"nested",
-       {{"model", dict{{"w", random_tensor(dtype::f32, {4, 4}, 1)},
-                       {"layers", list{dict{{"b", random_tensor(dtype::bf16, {4}, 2)}}}}}},
-        {"optim", dict{{"betas", list{0.9, 0.999}}, {"bytes", std::string("\xff\x00", 2)}}}}},
-      {"all_dtypes",
-       {{"b", random_tensor(dtype::boolean, {3}, 3)}, {"f64", random_tensor(dtype::f64, {2}, 4)},
-        {"f4", random_tensor(dtype::f4, {4}, 5)}, {"f6", random_tensor(dtype::f6_e2m3, {4}, 6)},
-        {"c64", random_tensor(dtype::c64, {1}, 7)}, {"e", tensor::zeros(dtype::f32, {0, 3})},
-        {"s", random_tensor(dtype::i64, {}, 8)}}},
-  };
-  shmckpt_test::scratch_dir dir("header-parsers");
   std::vector<header_case> out;
-  for (const auto& [name, sd] : dicts) {
-    auto path = dir / (name + ".safetensors");
-    write_safetensors(path, sd);
-    if (auto c = from_file("valid_" + name, shmckpt_test::read_file(path))) out.push_back(*c);
-  }
-  for (const auto& h : shmckpt_test::hostile_cases())
-    if (auto c = from_file("hostile_" + h.name, h.bytes)) out.push_back(std::move(*c));
+  for (const auto& [name, bytes] : shmckpt_test::fuzz_corpus())
+    if (auto c = from_file(name, bytes)) out.push_back(std::move(*c));
   return out;
 }
 

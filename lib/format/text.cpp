@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/util.hpp"
+
 namespace shmckpt::detail {
 
 std::size_t utf8_sequence_length(std::string_view s, std::size_t i) noexcept {
@@ -226,16 +228,10 @@ std::optional<std::string> parse_hex_bytes(std::string_view s) {
 }
 
 std::string human_bytes(std::uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(n);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
+  auto [v, unit] = scaled_bytes(n);
   char buf[32];
-  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
-  else std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+  if (!unit) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
+  else std::snprintf(buf, sizeof buf, "%.1f %s", v, unit);
   return buf;
 }
 
