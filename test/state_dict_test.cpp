@@ -157,3 +157,23 @@ BOOST_AUTO_TEST_CASE(tuples_are_their_own_kind_and_flatten_like_lists) {
   BOOST_TEST((cloned == sd));
   BOOST_TEST(!(value(tuple{1, 2}) == value(list{1, 2})));
 }
+
+BOOST_AUTO_TEST_CASE(for_each_node_visits_every_node_in_key_order_and_descends_on_request) {
+  state_dict sd{{"model", dict{{"w", tensor::zeros(dtype::f32, {2})}, {"empty", dict{}}}},
+                {"betas", tuple(list{0.9, 0.999})},
+                {"step", 3}};
+  std::vector<std::string> all, top;
+  for_each_node(sd, [&](const std::string& path, const value&) {
+    all.push_back(path);
+    return true;
+  });
+  for_each_node(sd, [&](const std::string& path, const value&) {
+    top.push_back(path);
+    return false;
+  });
+  BOOST_TEST(all == (std::vector<std::string>{"model", "model.w", "model.empty", "betas", "betas.0",
+                                               "betas.1", "step"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(top == (std::vector<std::string>{"model", "betas", "step"}),
+             boost::test_tools::per_element());
+}

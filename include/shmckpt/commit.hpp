@@ -51,12 +51,10 @@
 #include <string>
 #include <vector>
 
+#include "shmckpt/layout.hpp"  // manifest_name, rank_file_name
 #include "shmckpt/types.hpp"
 
 namespace shmckpt {
-
-/// Name of the manifest file inside a checkpoint directory.
-inline constexpr const char* manifest_name = "checkpoint.json";
 
 /// One rank's contribution to a checkpoint.
 struct rank_file {

@@ -275,6 +275,13 @@ using state_dict = dict;
 void for_each_tensor(const dict& root,
                      const std::function<void(const std::string& name, const tensor& t)>& fn);
 
+/// Calls `fn(path, value)` for every node below the root (dicts, lists and tuples too, before
+/// their elements) in depth-first key order, `path` flattened as for for_each_tensor. A
+/// container's elements are visited only when `fn` returns true for it (the return value is
+/// ignored for other nodes).
+void for_each_node(const dict& root,
+                   const std::function<bool(const std::string& path, const value& v)>& fn);
+
 /// Number of tensors and their total bytes.
 struct tensor_totals {
   std::size_t count = 0;

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <memory>
 
+#include "shmckpt/layout.hpp"  // checkpoint_file_path
 #include "shmckpt/state_dict.hpp"
 #include "shmckpt/types.hpp"
 
@@ -38,9 +39,6 @@ struct safetensors_write_options {
 /// error(io_error) for other OS failures, error(closed) when cancelled.
 void write_safetensors(const std::filesystem::path& file, const state_dict& sd,
                        const safetensors_write_options& options = {});
-
-/// `<dir>/checkpoint_<rank>.safetensors`.
-std::filesystem::path checkpoint_file_path(const std::filesystem::path& dir, int rank);
 
 /// What the checkpoint child calls to persist one request. Implementations run in the child; the
 /// state dict's tensors are views into the shared segment, valid only during the call.

@@ -17,6 +17,8 @@
 #include <thread>
 
 #include "core/progress.hpp"
+#include "format/layout.hpp"
+#include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
 #include "io/temp_file.hpp"
 #include "io/regular_file.hpp"
@@ -30,7 +32,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr const char* commit_dir = ".commit";
+constexpr std::string_view commit_dir = detail::commit_dir_name;
 // Polling the shared filesystem: start fast for a local disk, back off to spare NFS servers.
 constexpr auto poll_first = 2ms;
 constexpr auto poll_max = 200ms;
@@ -216,10 +218,6 @@ bool all_digits(const std::string& s) {
          std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-std::string expected_file_name(int rank) {
-  return "checkpoint_" + std::to_string(rank) + ".safetensors";
-}
-
 // Whether `dir`'s manifest lists `me` (same file, size, checksum and round): the round `me`
 // belongs to is committed.
 bool manifest_lists(const fs::path& dir, const rank_file& me, int world_size) {
@@ -353,7 +351,7 @@ class file_barrier final : public barrier {
       mismatch[r] = e.what();
       return std::nullopt;
     }
-    if (a.rank != r || a.file != expected_file_name(r)) {
+    if (a.rank != r || a.file != rank_file_name(r)) {
       mismatch[r] = "its arrival names rank " + std::to_string(a.rank) + " file '" +
                     printable_path(a.file) + "'";
       return std::nullopt;
@@ -421,9 +419,10 @@ std::pair<std::uint64_t, std::string> header_fingerprint(const fs::path& p) {
   detail::regular_file f = detail::open_regular_file(p, "'" + p.string() + "'");
   unique_fd& fd = f.fd;
   auto bytes = f.size;
-  std::uint64_t n = 0;
-  if (bytes < 8 || ::pread(fd.get(), &n, 8, 0) != 8 || n > bytes - 8)
+  unsigned char prefix[8] = {};
+  if (bytes >= 8 && ::pread(fd.get(), prefix, 8, 0) != 8)
     throw_error(errc::corrupt_data, "'" + p.string() + "' has no valid safetensors header");
+  std::uint64_t n = detail::parse_header_length(prefix, bytes, "'" + p.string() + "'");
   std::string header(static_cast<std::size_t>(n) + 8, '\0');
   std::size_t off = 0;
   while (off < header.size()) {
@@ -446,7 +445,7 @@ rank_file describe_rank_file(const fs::path& dir, int rank) {
   reject_nul(dir, "checkpoint directory");
   rank_file r;
   r.rank = rank;
-  r.file = expected_file_name(rank);
+  r.file = rank_file_name(rank);
   std::tie(r.bytes, r.checksum) = header_fingerprint(dir / r.file);
   return r;
 }
@@ -583,10 +582,10 @@ manifest verify_checkpoint(const fs::path& dir) {
   const std::string where = "checkpoint '" + dir.string() + "': ";
   for (const auto& r : m->ranks) {
     const std::string rank = "rank " + std::to_string(r.rank);
-    if (r.file != expected_file_name(r.rank))
+    if (r.file != rank_file_name(r.rank))
       throw_error(errc::corrupt_data, where + "the manifest names '" + printable_path(r.file) +
                                           "' as " + rank + "'s file, not '" +
-                                          expected_file_name(r.rank) + "'");
+                                          rank_file_name(r.rank) + "'");
     std::pair<std::uint64_t, std::string> disk;
     try {
       disk = header_fingerprint(dir / r.file);
@@ -711,7 +710,7 @@ std::vector<fs::path> keep_last(const fs::path& root, std::size_t keep,
     if (ec) continue;
     bool leftover = !remove_stale_temp_files(e.path()).empty();
     for (const auto& f : fs::directory_iterator(e.path(), ec))
-      if (f.path().filename().string().rfind("checkpoint_", 0) == 0) leftover = true;
+      if (f.path().filename().string().starts_with(detail::rank_file_prefix)) leftover = true;
     if (leftover && mtime < newest_time) {
       fs::remove_all(e.path(), ec);
       if (!ec) removed.push_back(e.path());

@@ -472,6 +472,27 @@ void visit_tensors(const value& v, std::string& name,
   }
 }
 
+using node_visitor = std::function<bool(const std::string&, const value&)>;
+
+void visit_children(const value& v, std::string& path, const node_visitor& fn);
+
+void visit_node(const value& v, std::string& path, std::string_view part, const node_visitor& fn) {
+  std::size_t mark = path.size();
+  if (mark) path += '.';
+  path += part;
+  if (fn(path, v)) visit_children(v, path, fn);
+  path.resize(mark);
+}
+
+void visit_children(const value& v, std::string& path, const node_visitor& fn) {
+  if (v.type() == kind::dict) {
+    for (const auto& [k, child] : v.as_dict()) visit_node(child, path, k, fn);
+  } else if (v.is_sequence()) {
+    const auto& l = v.as_sequence();
+    for (std::size_t i = 0; i < l.size(); ++i) visit_node(l[i], path, std::to_string(i), fn);
+  }
+}
+
 value map_value(const value& v, const std::function<tensor(const tensor&)>& fn) {
   switch (v.type()) {
     case kind::tensor: return fn(v.as_tensor());
@@ -495,6 +516,12 @@ void for_each_tensor(const dict& root,
   check_nesting_depth(root);  // the walk below recurses once per level
   std::string name;
   visit_dict(root, name, fn);
+}
+
+void for_each_node(const dict& root, const node_visitor& fn) {
+  check_nesting_depth(root);  // the walk below recurses once per level
+  std::string path;
+  for (const auto& [k, v] : root) visit_node(v, path, k, fn);
 }
 
 tensor_totals count_tensors(const dict& root) {

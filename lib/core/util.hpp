@@ -36,18 +36,25 @@ class unique_fd {
   int fd_ = -1;
 };
 
-/// "256 MiB (268435456 bytes)": readable and exact.
-inline std::string format_bytes(std::uint64_t n) {
-  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
+/// `n` in the largest binary unit it reaches: (value, "KiB" ... "TiB"), or (n, nullptr) below
+/// 1 KiB.
+inline std::pair<double, const char*> scaled_bytes(std::uint64_t n) {
+  const char* units[] = {nullptr, "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(n);
   int u = 0;
   while (v >= 1024 && u < 4) {
     v /= 1024;
     ++u;
   }
-  if (u == 0) return std::to_string(n) + " bytes";
+  return {v, units[u]};
+}
+
+/// "256 MiB (268435456 bytes)": readable and exact.
+inline std::string format_bytes(std::uint64_t n) {
+  auto [v, unit] = scaled_bytes(n);
+  if (!unit) return std::to_string(n) + " bytes";
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.1f %s (%llu bytes)", v, units[u],
+  std::snprintf(buf, sizeof buf, "%.1f %s (%llu bytes)", v, unit,
                 static_cast<unsigned long long>(n));
   return buf;
 }

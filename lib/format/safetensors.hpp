@@ -15,6 +15,12 @@
 // error(corrupt_data) whose message starts with the caller's label (e.g. "checkpoint 'x'") and
 // names the field.
 //
+// The component's files, one job each: text.hpp (UTF-8, escaping, hex), strict_json.hpp (JSON
+// without duplicate keys), header_fast.hpp (the one-pass header reader) and header_exact.hpp
+// (the DOM validator it must agree with), tree.hpp (the state-dict tree in `__metadata__`),
+// header_encode.cpp (planning a file), safetensors.cpp (reading one: prefix, layout, metadata),
+// layout.hpp (the names of the files in a checkpoint directory).
+//
 // Thread safety: stateless; all functions are safe to call concurrently.
 #pragma once
 
@@ -30,6 +36,7 @@
 #include <boost/json/monotonic_resource.hpp>
 #include <boost/json/value.hpp>
 
+#include "format/text.hpp"
 #include "shmckpt/reader.hpp"
 #include "shmckpt/state_dict.hpp"
 
@@ -54,13 +61,6 @@ inline constexpr std::string_view format_name = "pt";
 /// read those files).
 inline constexpr std::string_view format_version_1 = "1";
 inline constexpr std::string_view format_version_2 = "2";
-
-/// Lowercase, zero-padded, 16 hex digits.
-std::string hex64(std::uint64_t v);
-
-/// `name` in single quotes for error messages: control characters escaped, long names cut, so
-/// that a hostile name can neither forge lines in a log nor flood it.
-std::string quote_name(std::string_view name);
 
 /// "[2, 3]".
 std::string shape_string(const std::vector<std::int64_t>& shape);
@@ -130,10 +130,19 @@ struct parsed_header {
 std::uint64_t parse_header_length(const unsigned char (&prefix)[8], std::uint64_t file_size,
                                   const std::string& label);
 
+/// Which parser reads the header and the checksum table. `fast`, what every reader uses, runs
+/// the one-pass readers (header_fast.hpp) and hands over to the exact path whenever they give
+/// up; `exact` runs only the DOM validator (header_exact.hpp). Both give the same result, or
+/// the same error, for every input (test/header_parsers_test.cpp holds them to it).
+enum class header_parser { fast, exact };
+
 /// Validates the JSON header `json` of a file whose data section holds `data_size` bytes: every
 /// entry, contiguity, metadata types, the tree document's syntax and the checksum table.
 parsed_header parse_header(std::string_view json, std::uint64_t data_size,
-                           const std::string& label);
+                           const std::string& label, header_parser how = header_parser::fast);
+
+/// The value of the `__metadata__` key `key`, or nullptr.
+const std::string* find_metadata(const parsed_header& h, std::string_view key);
 
 /// Rebuilds the state dict. With a tree, checks its structure and that it names every entry
 /// exactly once, at its own flattened path; without one, returns name → tensor in file order.

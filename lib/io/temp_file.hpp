@@ -29,20 +29,11 @@
 #include <string_view>
 
 #include "core/util.hpp"
+#include "format/layout.hpp"  // temp_prefix, temp_file_name, is_temp_name
 
 namespace shmckpt::detail {
 
 inline std::atomic<std::uint64_t> temp_counter{0};
-
-/// `.<name>.tmp.` — the prefix of every temporary file of `name`.
-inline std::string temp_prefix(std::string_view name) {
-  return "." + std::string(name) + ".tmp.";
-}
-
-/// Whether a directory entry is a writer's temporary file: `.<name>.tmp.<...>`.
-inline bool is_temp_name(std::string_view name) {
-  return name.size() > 6 && name[0] == '.' && name.find(".tmp.", 1) != std::string_view::npos;
-}
 
 inline flock whole_file_lock(short type) {
   flock l{};
@@ -64,8 +55,7 @@ inline bool same_inode(int fd, const std::filesystem::path& p) {
 inline unique_fd create_locked_temp(const std::filesystem::path& dir, std::string_view name,
                                     std::filesystem::path& path) {
   for (int attempt = 0;; ++attempt) {
-    path = dir / (temp_prefix(name) + std::to_string(::getpid()) + "." +
-                  std::to_string(temp_counter.fetch_add(1)));
+    path = dir / temp_file_name(name, ::getpid(), temp_counter.fetch_add(1));
     unique_fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
     if (!fd) return fd;
     flock l = whole_file_lock(F_WRLCK);

@@ -26,6 +26,7 @@
 #include "shmckpt/reader.hpp"
 
 #include "shmckpt/commit.hpp"
+#include "shmckpt/layout.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -45,7 +46,6 @@
 #include "io/regular_file.hpp"
 #include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
-#include "shmckpt/writer.hpp"
 #include "core/util.hpp"
 
 #ifndef SHMCKPT_VERSION
@@ -224,24 +224,12 @@ struct flat_tree {
   std::unordered_map<std::string, const value*> nodes;
   std::vector<std::string> leaves;
 
-  explicit flat_tree(const dict& root) { add_dict(root, ""); }
-
- private:
-  void add(const value& v, const std::string& path) {
-    bool first = nodes.emplace(path, &v).second;
-    switch (v.type()) {
-      case kind::dict: add_dict(v.as_dict(), path); break;
-      case kind::list:
-      case kind::tuple:
-        for (std::size_t i = 0; i < v.as_sequence().size(); ++i)
-          add(v.as_sequence()[i], join_path(path, std::to_string(i)));
-        break;
-      default:
-        if (first) leaves.push_back(path);
-    }
-  }
-  void add_dict(const dict& d, const std::string& path) {
-    for (const auto& [k, v] : d) add(v, join_path(path, k));
+  explicit flat_tree(const dict& root) {
+    for_each_node(root, [&](const std::string& path, const value& v) {
+      bool first = nodes.emplace(path, &v).second;
+      if (first && !is_container(v)) leaves.push_back(path);
+      return true;
+    });
   }
 };
 

@@ -350,12 +350,6 @@ void write_safetensors(const fs::path& file, const state_dict& sd,
   fsync_directory(ctx.directory(), ctx);
 }
 
-fs::path checkpoint_file_path(const fs::path& dir, int rank) {
-  if (rank < 0)
-    throw_error(errc::invalid_argument, "rank must be non-negative, not " + std::to_string(rank));
-  return dir / ("checkpoint_" + std::to_string(rank) + ".safetensors");
-}
-
 std::unique_ptr<checkpoint_writer> make_default_writer(const kwargs& args,
                                                        const std::atomic<bool>* cancel) {
   return std::make_unique<default_writer>(args, cancel);

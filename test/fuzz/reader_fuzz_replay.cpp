@@ -8,41 +8,13 @@
 #include <string>
 #include <vector>
 
-#include "hostile/hostile_files.hpp"
-#include "shmckpt/writer.hpp"
+#include "fuzz/corpus.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
 
 namespace {
 
 using namespace shmckpt;
-using shmckpt_test::random_tensor;
-
-// Valid files from our writer, as (name, bytes).
-std::vector<std::pair<std::string, std::string>> valid_files() {
-  std::vector<std::pair<std::string, state_dict>> dicts = {
-      {"empty", {}},
-      {"scalars", {{"step", 7}, {"lr", 0.001}, {"name", "run"}, {"flag", false}, {"n", none}}},
-      {"nested",
-       {{"model", dict{{"w", random_tensor(dtype::f32, {4, 4}, 1)},
-                       {"layers", list{dict{{"b", random_tensor(dtype::bf16, {4}, 2)}}}}}},
-        {"optim", dict{{"betas", list{0.9, 0.999}}, {"bytes", std::string("\xff\x00", 2)}}}}},
-      {"all_dtypes",
-       {{"b", random_tensor(dtype::boolean, {3}, 3)}, {"f64", random_tensor(dtype::f64, {2}, 4)},
-        {"f4", random_tensor(dtype::f4, {4}, 5)}, {"f6", random_tensor(dtype::f6_e2m3, {4}, 6)},
-        {"c64", random_tensor(dtype::c64, {1}, 7)}, {"e", tensor::zeros(dtype::f32, {0, 3})},
-        {"s", random_tensor(dtype::i64, {}, 8)}}},
-  };
-  shmckpt_test::scratch_dir dir("fuzz");
-  std::vector<std::pair<std::string, std::string>> out;
-  for (const auto& [name, sd] : dicts) {
-    auto path = dir / (name + ".safetensors");
-    write_safetensors(path, sd);
-    out.emplace_back("valid_" + name, shmckpt_test::read_file(path));
-  }
-  return out;
-}
-
 int run(const std::string& name, const std::string& bytes) {
   LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
   std::printf("ok: %s (%zu bytes)\n", name.c_str(), bytes.size());
@@ -52,8 +24,7 @@ int run(const std::string& name, const std::string& bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::pair<std::string, std::string>> files = valid_files();
-  for (auto& c : shmckpt_test::hostile_cases()) files.emplace_back("hostile_" + c.name, c.bytes);
+  std::vector<std::pair<std::string, std::string>> files = shmckpt_test::fuzz_corpus();
 
   if (argc == 3 && std::string(argv[1]) == "--write-corpus") {
     std::filesystem::create_directories(argv[2]);

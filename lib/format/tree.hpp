@@ -1,0 +1,55 @@
+// tree.hpp — the state-dict tree inside `__metadata__` (private to the library).
+//
+// Plain safetensors holds a flat map of name → tensor. A state dict is a tree: ordered dicts
+// (string- or integer-keyed), lists, tuples, tensors and scalars (int64, float, bool, string,
+// none). The tree travels as its own JSON document in the metadata string "shmckpt.tree"
+// (docs/format.md, "The tree"): dicts as {"dict": [[key, value], ...]} (keys in the user's
+// order), integer-keyed dicts as {"idict": ...}, tuples as {"tuple": [...]}, floats as their
+// bit pattern {"float": "<16 hex>"} (NaN payloads, -0.0 and infinities survive), strings that
+// are not UTF-8 as {"bytes": "<hex>"}, and every tensor as {"tensor": "<its header name>"},
+// which must be its flattened key path (keys and indexes joined by '.', as for_each_tensor
+// names them).
+//
+// This component owns both directions. Encoding trusts its input but refuses trees the format
+// cannot represent (two tensors flattening to one name, "__metadata__" as a name, names that are
+// not UTF-8, too many dimensions, nesting deeper than the reader accepts). Decoding trusts
+// nothing: every node's shape is checked, every tensor of the header must appear exactly once
+// at its own path, and every failure is an error(corrupt_data) naming the path.
+//
+// Thread safety: stateless; safe to call concurrently.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "format/safetensors.hpp"
+#include "format/text.hpp"
+
+namespace shmckpt::detail {
+
+/// Appends `part` to the flattened key path `path`: for_each_tensor's rule, keys and indexes
+/// joined by '.', no leading dot.
+inline void push_path(std::string& path, std::string_view part) {
+  if (!path.empty()) path += '.';
+  path += part;
+}
+
+/// "at the root" or "at '<path>'", for error messages.
+inline std::string at_path(const std::string& path) {
+  return path.empty() ? std::string("at the root") : "at " + quote_name(path);
+}
+
+/// Appends the tree document of `sd` to `out` and every tensor of it to `tensors`, in tree
+/// order (offsets not yet assigned). Returns whether the tree needs format version 2 (an
+/// integer-keyed dict or a tuple). Throws error(invalid_argument) as encode_header documents.
+bool encode_tree(const state_dict& sd, std::string& out, std::vector<planned_tensor>& tensors);
+
+/// Rebuilds the state dict from `h.tree` (which must be set); see build_state_dict.
+state_dict decode_tree(const parsed_header& h,
+                       const std::function<value(std::size_t)>& make_tensor,
+                       const std::string& label);
+
+}  // namespace shmckpt::detail
