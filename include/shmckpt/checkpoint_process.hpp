@@ -141,8 +141,9 @@ class checkpoint_process {
   /// (it stays valid after close()). Throws error(no_space) naming the bytes asked and free.
   tensor make_tensor(dtype type, std::vector<std::int64_t> shape);
 
-  /// `n` bytes of uninitialised segment memory, 64-byte aligned, returned to the segment when the
-  /// last copy of the pointer goes away (for stagers and custom pools). Throws error(no_space).
+  /// `n` bytes of uninitialised segment memory, 64-byte aligned (4096-byte from 64 KiB up),
+  /// returned to the segment when the last copy of the pointer goes away (for stagers and custom
+  /// pools). Throws error(no_space).
   std::shared_ptr<std::byte> allocate(std::size_t n);
 
   /// Whether `t`'s bytes lie inside this process's shared segment.
