@@ -167,7 +167,7 @@ def test_child_priority_options_reach_the_child(test_child):
                                    segment_bytes=8 << 20, child_nice=4, child_policy="batch",
                                    child_io_class="idle", child_cpus=[cpu]) as cp:
         cp.wait_ready()
-        pid = cp.child_pid
+        pid = cp.pid
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         # proc(5): field 19 is nice, field 41 the policy (3 = SCHED_BATCH), counted from 1.
