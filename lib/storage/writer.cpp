@@ -50,8 +50,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <condition_variable>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/progress.hpp"
@@ -160,6 +165,79 @@ aligned_buffer aligned_alloc_bytes(std::size_t n) {
   return aligned_buffer(static_cast<std::byte*>(p));
 }
 
+// Writes one batch at a time on a helper thread, so that the next batch is hashed and assembled
+// while the disk takes the previous one (the checksum pass then costs no wall time).
+class write_pipeline {
+ public:
+  explicit write_pipeline(durable_file& f) : f_(f), thread_([this] { run(); }) {}
+  write_pipeline(const write_pipeline&) = delete;
+  write_pipeline& operator=(const write_pipeline&) = delete;
+  ~write_pipeline() {
+    {
+      std::lock_guard g(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();  // after the batch in flight, if any: it reads memory its owner still holds
+  }
+
+  // Starts writing `iov` at `off`; at most one batch is in flight (call wait() first).
+  void submit(std::vector<iovec>& iov, std::uint64_t off, bool refusable) {
+    {
+      std::lock_guard g(m_);
+      job_.swap(iov);
+      off_ = off;
+      refusable_ = refusable;
+      busy_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  // Waits for the batch in flight. Rethrows its failure; returns EINVAL when a refusable batch
+  // was refused (nothing of it written), else 0.
+  int wait() {
+    std::unique_lock lk(m_);
+    cv_.wait(lk, [&] { return !busy_; });
+    if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+    return std::exchange(refused_, 0);
+  }
+
+ private:
+  void run() {
+    std::unique_lock lk(m_);
+    for (;;) {
+      cv_.wait(lk, [&] { return busy_ || stop_; });
+      if (!busy_) return;
+      lk.unlock();
+      int refused = 0;
+      std::exception_ptr failure;
+      try {
+        refused = f_.pwritev_all(job_, off_, refusable_);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      lk.lock();
+      refused_ = refused;
+      failure_ = failure;
+      job_.clear();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  durable_file& f_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<iovec> job_;  // (m_) handed over by submit; the helper alone uses it while busy_
+  std::uint64_t off_ = 0;
+  bool refusable_ = false;
+  bool busy_ = false;
+  bool stop_ = false;
+  int refused_ = 0;
+  std::exception_ptr failure_;
+  std::thread thread_;  // last: starts after every member it uses exists
+};
+
 // Assembles the data section as a stream of `block`-sized pieces: batches of iovecs, contiguous
 // in the file, each either a run of tensor memory or a stretch of the bounce buffer.
 class direct_stream {
@@ -168,7 +246,8 @@ class direct_stream {
                 const safetensors_write_options& options, safetensors_write_result& result)
       : f_(f), a_(a), block_(a.offset), options_(options), result_(result),
         total_(plan.file_size()), pos_(plan.bytes.size()), batch_offset_(pos_),
-        bounce_(aligned_alloc_bytes(bounce_bytes)) {
+        written_(pos_), bounce_{aligned_alloc_bytes(bounce_bytes), aligned_alloc_bytes(bounce_bytes)},
+        pipeline_(f) {
     iov_.reserve(max_iovecs);
   }
 
@@ -209,12 +288,13 @@ class direct_stream {
   std::uint64_t finish() {
     std::uint64_t pad = (block_ - pos_ % block_) % block_;
     if (pad > 0) {
-      std::memset(bounce_.get() + used_, 0, static_cast<std::size_t>(pad));
-      queue(bounce_.get() + used_, static_cast<std::size_t>(pad));
+      std::memset(bounce() + used_, 0, static_cast<std::size_t>(pad));
+      queue(bounce() + used_, static_cast<std::size_t>(pad));
       used_ += static_cast<std::size_t>(pad);
       pos_ += pad;
     }
     flush();
+    settle();
     return pad;
   }
 
@@ -237,8 +317,8 @@ class direct_stream {
 
   void gather(const std::byte* p, std::size_t n) {
     if (used_ + n > bounce_bytes) flush();  // only at block boundaries: see append()
-    std::memcpy(bounce_.get() + used_, p, n);
-    queue(bounce_.get() + used_, n);
+    std::memcpy(bounce() + used_, p, n);
+    queue(bounce() + used_, n);
     used_ += n;
     pos_ += n;
     result_.bounced_bytes += n;
@@ -254,17 +334,31 @@ class direct_stream {
     batch_bytes_ += n;
   }
 
-  // Writes the batch; called only at block boundaries (pos_ % block_ == 0).
+  std::byte* bounce() const noexcept { return bounce_[current_].get(); }
+
+  // Hands the batch to the pipeline (after the previous one is written) and starts the next in
+  // the other bounce buffer; called only at block boundaries (pos_ % block_ == 0).
   void flush() {
     check_cancel(options_, f_);
     if (iov_.empty()) return;
-    if (f_.pwritev_all(iov_, batch_offset_, /*refusable=*/!wrote_) != 0) throw direct_refused{};
-    wrote_ = true;
+    settle();
+    pipeline_.submit(iov_, batch_offset_, /*refusable=*/!submitted_);
+    submitted_ = true;
+    in_flight_ = batch_bytes_;
     batch_offset_ += batch_bytes_;
     batch_bytes_ = 0;
     used_ = 0;
     iov_.clear();
-    report(f_, std::min(batch_offset_, total_), total_);
+    current_ ^= 1;
+  }
+
+  // Waits for the batch in flight; a refusal of the very first one means O_DIRECT is refused.
+  void settle() {
+    if (in_flight_ == 0) return;
+    if (pipeline_.wait() != 0) throw direct_refused{};
+    written_ += in_flight_;
+    in_flight_ = 0;
+    report(f_, std::min(written_, total_), total_);
   }
 
   durable_file& f_;
@@ -276,10 +370,14 @@ class direct_stream {
   std::uint64_t pos_;           // file offset of the next byte appended
   std::uint64_t batch_offset_;  // file offset of the batch's first byte
   std::uint64_t batch_bytes_ = 0;
+  std::uint64_t written_;        // file offset up to which batches are on disk
+  std::uint64_t in_flight_ = 0;  // bytes of the batch the pipeline is writing
   std::vector<iovec> iov_;
-  aligned_buffer bounce_;
-  std::size_t used_ = 0;  // bytes of the bounce buffer the batch refers to
-  bool wrote_ = false;
+  aligned_buffer bounce_[2];  // one for the batch being assembled, one for the batch in flight
+  int current_ = 0;
+  std::size_t used_ = 0;  // bytes of the current bounce buffer the batch refers to
+  bool submitted_ = false;
+  write_pipeline pipeline_;  // after the buffers: joined before they are freed
 };
 
 void write_data_direct(durable_file& f, detail::direct_alignment a, detail::encoded_header& plan,

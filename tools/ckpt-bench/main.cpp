@@ -281,6 +281,19 @@ void progress(const config& c, const std::string& what) {
 
 // ---- /proc helpers --------------------------------------------------------------------------------
 
+// CPU time (user + system, all threads) of process `pid` in seconds; 0 when unreadable.
+double proc_cpu_seconds(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line) || line.rfind(')') == std::string::npos) return 0;
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::vector<std::string> f;
+  for (std::string w; rest >> w && f.size() < 13;) f.push_back(w);  // fields 3..15
+  if (f.size() < 13) return 0;
+  double ticks = std::stod(f[11]) + std::stod(f[12]);  // utime, stime
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
 // Fields of /proc/<pid>/status in bytes ("VmHWM", "RssAnon", ...). Empty when unreadable.
 std::map<std::string, std::uint64_t> proc_status(int pid) {
   std::map<std::string, std::uint64_t> out;
@@ -1033,7 +1046,7 @@ class bench {
       writer_variant v;
       std::unique_ptr<checkpoint_process> p;
       state_dict sd;
-      std::vector<double> idle, busy, alone, loaded;
+      std::vector<double> idle, busy, alone, loaded, cpu;
     };
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     std::vector<unsigned> loads{1};
@@ -1055,10 +1068,12 @@ class bench {
       for (int r = 0; r < reps(); ++r) {
         for (auto& u : setups) {
           fs::path dir = scratch() / ("interference-" + std::to_string(r));
+          double cpu0 = proc_cpu_seconds(u.p->child_pid());
           auto t0 = mono_ns();
           u.p->write(u.sd, dir).get();
           double lone = seconds_since(t0);
           u.alone.push_back(lone);
+          u.cpu.push_back(proc_cpu_seconds(u.p->child_pid()) - cpu0);
           fs::remove_all(dir);
           {
             // The idle window lasts as long as a persist, so both rates see the same turbo and
@@ -1107,11 +1122,23 @@ class bench {
         g.baseline_label = "the same persist with no trainer load";
         g.baseline = summarize(u.alone);
         g.at_most(1.5);
-        char note[96];
-        std::snprintf(note, sizeof note, "lone persist %s",
-                      fmt_stats(summarize(std::vector<double>(u.alone)), unit::seconds).c_str());
-        g.note = note;
         add(g);
+
+        if (threads == loads.front()) {
+          figure h;
+          h.id = "child_cpu_per_persist" + suffix;
+          h.name = "checkpoint child CPU time (user + system) per lone persist" + label;
+          h.size = s;
+          h.tensors = c_.few_tensors;
+          h.value = summarize(u.cpu);
+          h.st = status::info;
+          h.target = "(what the child takes from the trainer's cores; 10 ms ticks)";
+          char note[128];
+          std::snprintf(note, sizeof note, "%.0f%% of the lone persist's wall time",
+                        100.0 * summarize(u.cpu).median / summarize(u.alone).median);
+          h.note = note;
+          add(h);
+        }
       }
       for (auto& u : setups) {
         u.sd = {};
