@@ -20,6 +20,7 @@
 #include <boost/json.hpp>
 
 #include "core/progress.hpp"
+#include "io/durable_file.hpp"
 #include "hostile/hostile_files.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
@@ -754,4 +755,26 @@ BOOST_AUTO_TEST_CASE(default_writer_io_argument_picks_the_path_and_rejects_other
              read_file(dir / "b" / "checkpoint_0.safetensors"));
   BOOST_CHECK_EXCEPTION(make_default_writer({{"io", "direct!"}}), error,
                         expect_error(errc::invalid_argument, "'io'"));
+}
+
+BOOST_AUTO_TEST_CASE(write_file_durably_replaces_a_small_file_atomically) {
+  scratch_dir dir("writer");
+  fs::path target = dir / "checkpoint.json";
+  BOOST_TEST(detail::write_file_durably(target, "{\"a\":1}", "writing the manifest"));
+  BOOST_TEST(read_file(target) == "{\"a\":1}");
+  BOOST_TEST(detail::write_file_durably(target, "{}", "writing the manifest"));
+  BOOST_TEST(read_file(target) == "{}");
+  BOOST_TEST((listing(dir.path()) == std::vector<std::string>{"checkpoint.json"}));
+
+  fs::path gone = dir / "no-such-dir" / "x";
+  BOOST_TEST(!detail::write_file_durably(gone, "x", "arrival", {.missing_directory_ok = true}));
+  BOOST_CHECK_EXCEPTION(detail::write_file_durably(gone, "x", "writing the arrival"), error,
+                        expect_error(errc::io_error, "writing the arrival: cannot create"));
+  // A failure before the rename leaves the previous file: the target is a non-empty directory.
+  fs::create_directory(dir / "busy");
+  shmckpt_test::write_file(dir / "busy" / "keep", "k");
+  BOOST_CHECK_EXCEPTION(detail::write_file_durably(dir / "busy", "x", "writing"), error,
+                        expect_error(errc::io_error, "rename"));
+  BOOST_TEST(read_file(dir / "busy" / "keep") == "k");
+  BOOST_TEST((listing(dir.path()) == std::vector<std::string>{"busy", "checkpoint.json"}));
 }
