@@ -44,6 +44,8 @@ case $mode in
       fail "the verification line is not the last line of the output"
     [ "$(grep -c '^checkpoint step_' "$work/out")" -eq 4 ] ||
       fail "expected one line for each of the 4 checkpoints"
+    grep -Eq '^interference: (training ran at [0-9.]+x of its speed while a checkpoint was being written|not measured)' "$work/out" ||
+      fail "no 'interference: ...' line in the summary"
     [ -f "$work/ckpt/step_40/checkpoint_0.safetensors" ] ||
       fail "missing $work/ckpt/step_40/checkpoint_0.safetensors"
     [ -f "$work/ckpt/step_40/checkpoint.json" ] || fail "step_40 has no manifest checkpoint.json"
