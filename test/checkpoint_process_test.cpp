@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sched.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include <boost/test/unit_test.hpp>
@@ -512,4 +514,95 @@ BOOST_AUTO_TEST_CASE(default_writer_output_round_trips_to_an_identical_state_dic
   BOOST_TEST_REQUIRE(std::filesystem::exists(file));
   auto back = read(file, {.copy = false, .verify_checksums = true});
   BOOST_TEST((back == sd));
+}
+
+namespace {
+
+// Fields of /proc/<pid>/stat counted from 1 as in proc(5); the name (field 2) may hold spaces.
+std::vector<std::string> stat_fields(int pid) {
+  std::string line = slurp("/proc/" + std::to_string(pid) + "/stat");
+  std::vector<std::string> f{line.substr(0, line.find(' ')), "(comm)"};
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  for (std::string w; rest >> w;) f.push_back(w);
+  return f;
+}
+int stat_nice(int pid) { return std::stoi(stat_fields(pid).at(18)); }
+int stat_policy(int pid) { return std::stoi(stat_fields(pid).at(40)); }
+int io_priority(int pid) { return static_cast<int>(::syscall(SYS_ioprio_get, 1, pid)); }
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(child_runs_with_the_requested_nice_policy_io_class_and_affinity) {
+  cpu_set_t mine;
+  BOOST_TEST_REQUIRE(::sched_getaffinity(0, sizeof mine, &mine) == 0);
+  int last_cpu = -1;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &mine)) last_cpu = c;
+  BOOST_TEST_REQUIRE(last_cpu >= 0);
+  const int my_nice = stat_nice(::getpid());
+
+  struct variant {
+    child_cpu_policy policy;
+    int want_policy;
+    child_io_class io;
+    int want_ioprio;
+  };
+  for (variant v : {variant{child_cpu_policy::batch, SCHED_BATCH, child_io_class::idle, 3 << 13},
+                    variant{child_cpu_policy::idle, SCHED_IDLE, child_io_class::best_effort,
+                            (2 << 13) | 6}}) {
+    BOOST_TEST_CONTEXT("policy " << v.want_policy) {
+      auto o = child_options();
+      o.priority.nice = 5;
+      o.priority.policy = v.policy;
+      o.priority.io_class = v.io;
+      o.priority.io_level = 6;
+      o.priority.cpus = {last_cpu};
+      checkpoint_process proc(o);
+      proc.wait_ready();
+      int pid = proc.child_pid();
+      BOOST_TEST(stat_nice(pid) == std::min(my_nice + 5, 19));
+      BOOST_TEST(stat_policy(pid) == v.want_policy);
+      BOOST_TEST(io_priority(pid) == v.want_ioprio);
+      cpu_set_t set;
+      BOOST_TEST_REQUIRE(::sched_getaffinity(pid, sizeof set, &set) == 0);
+      BOOST_TEST(CPU_COUNT(&set) == 1);
+      BOOST_TEST(CPU_ISSET(last_cpu, &set));
+      // And it still works.
+      temp_dir dir;
+      proc.write(small_state(), dir / "ckpt").get();
+      BOOST_TEST(std::filesystem::exists(dir / "ckpt" / "record.txt"));
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(child_left_at_inherit_runs_like_its_parent) {
+  auto o = child_options();
+  o.priority = child_priority{};
+  o.priority.nice = 0;
+  o.priority.policy = child_cpu_policy::inherit;
+  o.priority.io_class = child_io_class::inherit;
+  checkpoint_process proc(o);
+  proc.wait_ready();
+  int pid = proc.child_pid();
+  BOOST_TEST(stat_nice(pid) == stat_nice(::getpid()));
+  BOOST_TEST(stat_policy(pid) == stat_policy(::getpid()));
+  BOOST_TEST(io_priority(pid) == io_priority(::getpid()));
+}
+
+BOOST_AUTO_TEST_CASE(priority_the_child_cannot_apply_fails_its_start_naming_it) {
+  auto bad = child_options();
+  bad.priority.nice = 40;
+  expect_error([&] { checkpoint_process proc(bad); }, errc::invalid_argument,
+               "child_priority::nice is 40");
+  bad = child_options();
+  bad.priority.io_level = 9;
+  expect_error([&] { checkpoint_process proc(bad); }, errc::invalid_argument, "io_level is 9");
+
+  // A CPU this machine does not have (or may not use): the child reports it at INIT.
+  auto o = child_options();
+  o.priority.cpus = {CPU_SETSIZE - 1};
+  checkpoint_process proc(o);
+  expect_error([&] { proc.wait_ready(); }, errc::child_failed,
+               "cannot set the checkpoint child's CPU affinity to " +
+                   std::to_string(CPU_SETSIZE - 1));
 }

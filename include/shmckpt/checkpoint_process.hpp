@@ -59,6 +59,49 @@ enum class worker_binary {
   custom,
 };
 
+/// The checkpoint child's CPU scheduling policy (sched(7)).
+enum class child_cpu_policy {
+  /// The trainer's own (normally SCHED_OTHER).
+  inherit,
+  /// SCHED_OTHER.
+  normal,
+  /// SCHED_BATCH: SCHED_OTHER for a throughput job, never favoured on wake-up, so it does not
+  /// preempt the trainer's threads.
+  batch,
+  /// SCHED_IDLE: runs only on a core that would otherwise idle. A busy trainer on every core can
+  /// then starve the write (the progress watchdog still sees it alive: it reports per chunk).
+  idle,
+};
+
+/// The checkpoint child's I/O scheduling class (ioprio_set(2)); honoured by the bfq and
+/// mq-deadline schedulers, ignored by `none`.
+enum class child_io_class {
+  /// The trainer's own.
+  inherit,
+  /// IOPRIO_CLASS_BE at `child_priority::io_level`.
+  best_effort,
+  /// IOPRIO_CLASS_IDLE: the disk serves the child only when nothing else asks.
+  idle,
+};
+
+/// How much of the machine the checkpoint child may take from the trainer. Applied by the child
+/// when it starts, before it serves anything; every one of its threads inherits it. Lowering a
+/// priority needs no privilege; raising one (a negative `nice`) needs CAP_SYS_NICE. A setting
+/// the child cannot apply fails its start (wait_ready(), and the first write) with
+/// error(child_failed) naming the setting and the OS reason.
+struct child_priority {
+  /// Added to the trainer's nice value (-20..19; the result is clamped to 19 by the kernel).
+  int nice = 0;
+  /// See child_cpu_policy.
+  child_cpu_policy policy = child_cpu_policy::inherit;
+  /// See child_io_class.
+  child_io_class io_class = child_io_class::inherit;
+  /// 0 (first served) to 7, for child_io_class::best_effort.
+  int io_level = 4;
+  /// CPUs (numbers as in /proc/cpuinfo) the child may run on; empty: the trainer's.
+  std::vector<int> cpus;
+};
+
 struct checkpoint_process_options {
   /// Which executable to start as the child.
   worker_binary worker = worker_binary::shmckpt_worker;
@@ -99,6 +142,9 @@ struct checkpoint_process_options {
   /// Fault every page of the segment in when it is created or grows, so copies into it run at
   /// memcpy speed instead of page-fault speed (about 7× slower on first touch).
   bool prefault = true;
+  /// The child's CPU and I/O priority (see child_priority; docs/benchmarks.md has the
+  /// measurements behind the defaults).
+  child_priority priority;
 };
 
 class checkpoint_process {
@@ -141,8 +187,9 @@ class checkpoint_process {
   /// (it stays valid after close()). Throws error(no_space) naming the bytes asked and free.
   tensor make_tensor(dtype type, std::vector<std::int64_t> shape);
 
-  /// `n` bytes of uninitialised segment memory, 64-byte aligned, returned to the segment when the
-  /// last copy of the pointer goes away (for stagers and custom pools). Throws error(no_space).
+  /// `n` bytes of uninitialised segment memory, 64-byte aligned (4096-byte from 64 KiB up),
+  /// returned to the segment when the last copy of the pointer goes away (for stagers and custom
+  /// pools). Throws error(no_space).
   std::shared_ptr<std::byte> allocate(std::size_t n);
 
   /// Whether `t`'s bytes lie inside this process's shared segment.

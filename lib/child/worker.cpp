@@ -31,6 +31,7 @@
 #include <mutex>
 #include <thread>
 
+#include "child/priority.hpp"
 #include "core/progress.hpp"
 #include "shmckpt/error.hpp"
 #include "ipc/protocol.hpp"
@@ -77,7 +78,11 @@ struct worker_args {
   int control_fd = -1;
   int segment_fd = -1;
   std::uint64_t segment_bytes = 0;
+  child_priority priority;
 };
+
+// Why the priority asked for could not be applied (empty: it was); the INIT request fails with it.
+std::string g_priority_error;
 
 worker_args parse_args(int argc, char** argv) {
   worker_args a;
@@ -90,6 +95,7 @@ worker_args parse_args(int argc, char** argv) {
     if (s == "--control-fd") a.control_fd = static_cast<int>(number(++i));
     else if (s == "--segment-fd") a.segment_fd = static_cast<int>(number(++i));
     else if (s == "--segment-bytes") a.segment_bytes = static_cast<std::uint64_t>(number(++i));
+    else if (detail::parse_priority_arg(argc, argv, i, a.priority)) continue;
     else throw std::invalid_argument("unknown argument '" + std::string(s) + "'");
   }
   if (a.control_fd < 0 || a.segment_fd < 0 || a.segment_bytes == 0)
@@ -184,6 +190,7 @@ class worker {
   }
 
   void init(const protocol::init_request& r) {
+    if (!g_priority_error.empty()) throw_error(errc::child_failed, g_priority_error);
     init_function fn;
     writer_factory factory;
     {
@@ -334,6 +341,8 @@ int worker_main(int argc, char** argv) {
     return 2;
   }
   close_other_fds(args.control_fd, args.segment_fd);
+  // Before any thread exists, so that every thread inherits it.
+  g_priority_error = detail::apply_priority(args.priority);
 
   struct sigaction sa {};
   sa.sa_handler = on_sigterm;

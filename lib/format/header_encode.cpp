@@ -32,7 +32,7 @@ std::size_t layout_rank(dtype t) noexcept {
 }
 }  // namespace
 
-encoded_header encode_header(const state_dict& sd, bool checksums) {
+encoded_header encode_header(const state_dict& sd, bool checksums, std::size_t data_alignment) {
   encoded_header h;
   h.checksums = checksums;
 
@@ -88,7 +88,9 @@ encoded_header encode_header(const state_dict& sd, bool checksums) {
     out += "]}";
   }
   out += '}';
-  out.append((8 - out.size() % 8) % 8, ' ');
+  // Spaces after the JSON are part of the header: they place the data section.
+  if (data_alignment < 8 || (data_alignment & (data_alignment - 1)) != 0) data_alignment = 8;
+  out.append((data_alignment - out.size() % data_alignment) % data_alignment, ' ');
 
   std::uint64_t n = out.size() - 8;
   if (n > max_header_bytes)

@@ -84,7 +84,8 @@ struct planned_tensor {
 /// A file laid out before any byte of tensor data is touched.
 struct encoded_header {
   /// The first bytes of the file: the u64 length prefix and the space-padded JSON header, with
-  /// checksum digits still zero (see set_checksum). Its size is a multiple of 8.
+  /// checksum digits still zero (see set_checksum). Its size is a multiple of the
+  /// `data_alignment` asked of encode_header.
   std::string bytes;
   /// Every tensor in data-section order (which is also the header's order).
   std::vector<planned_tensor> tensors;
@@ -97,8 +98,11 @@ struct encoded_header {
 /// Plans the file for `sd`. Throws error(invalid_argument) when two tensors flatten to the same
 /// name, a name is "__metadata__" or not valid UTF-8, a tensor has more than max_tensor_rank
 /// dimensions, or the tree is deeper than max_tree_depth; error(invalid_argument) also when the
-/// header would exceed max_header_bytes.
-encoded_header encode_header(const state_dict& sd, bool checksums);
+/// header would exceed max_header_bytes. `data_alignment` (a power of two, at least 8; other
+/// values mean 8) is what the header is padded to with trailing spaces, so that the data section
+/// starts at a multiple of it (the writer asks for 4096, for O_DIRECT).
+encoded_header encode_header(const state_dict& sd, bool checksums,
+                             std::size_t data_alignment = 8);
 
 /// Writes tensor `i`'s checksum digits into `h.bytes`. Requires h.checksums.
 void set_checksum(encoded_header& h, std::size_t i, std::uint64_t xxh3);

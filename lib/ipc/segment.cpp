@@ -52,6 +52,9 @@ struct segment::impl {
 
 namespace {
 
+// Allocations at least this large are page aligned (see segment::allocate).
+constexpr std::size_t page_aligned_from = std::size_t{64} << 10;
+
 std::size_t page_size() {
   static const std::size_t p = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   return p;
@@ -270,13 +273,17 @@ std::shared_ptr<std::byte> segment::allocate(std::size_t n) {
     throw_error(errc::invalid_argument, "only the process that created a segment may allocate");
   void* p = nullptr;
   std::size_t free_now = 0;
+  // Large blocks (staging arenas, big tensors) start on a page: the writer's O_DIRECT path sends
+  // bytes to the disk straight from memory only where their address is aligned like their file
+  // offset (the data section starts on a page). The cost is under a page per large block.
+  const std::size_t align = n >= page_aligned_from ? 4096 : 64;
   {
     std::lock_guard g(impl_->lock);
-    p = impl_->allocator->allocate_aligned(n == 0 ? 1 : n, 64, std::nothrow);
+    p = impl_->allocator->allocate_aligned(n == 0 ? 1 : n, align, std::nothrow);
     // A free block at the end merges with the new tail, so one growth is normally enough; a
     // fragmented segment may need a second (then the request fits in the new tail alone).
-    for (int i = 0; !p && i < 2 && grow_for(n); ++i)
-      p = impl_->allocator->allocate_aligned(n == 0 ? 1 : n, 64, std::nothrow);
+    for (int i = 0; !p && i < 2 && grow_for(n + align); ++i)
+      p = impl_->allocator->allocate_aligned(n == 0 ? 1 : n, align, std::nothrow);
     free_now = impl_->allocator->get_free_memory();
   }
   if (!p)

@@ -75,7 +75,8 @@ class segment {
   /// The memory file's descriptor (close-on-exec; the launcher passes it to the child).
   int fd() const noexcept;
 
-  /// Allocates `n` bytes aligned to 64 (parent only), growing the segment when they do not fit.
+  /// Allocates `n` bytes aligned to 64 (to 4096 from 64 KiB up, for the writer's O_DIRECT path;
+  /// parent only), growing the segment when they do not fit.
   /// The memory returns to the segment when the last copy of the returned pointer is destroyed;
   /// it keeps the mapping alive. Throws error(no_space) naming `n`, the free bytes and the cap,
   /// or the memory available when growing failed.

@@ -51,6 +51,7 @@
 #include <optional>
 #include <thread>
 
+#include "child/priority.hpp"
 #include "shmckpt/error.hpp"
 #include "ipc/protocol.hpp"
 #include "ipc/segment.hpp"
@@ -278,6 +279,7 @@ void remove_dead_writers_temp_files(const std::filesystem::path& dir, int rank, 
 
 struct checkpoint_process::impl {
   explicit impl(checkpoint_process_options o) : opts(std::move(o)) {
+    detail::validate_priority(opts.priority);
     if (opts.progress_timeout < min_progress_timeout)
       throw_error(errc::invalid_argument, "checkpoint_process_options::progress_timeout is " +
                                               seconds_text(opts.progress_timeout) +
@@ -375,6 +377,7 @@ struct checkpoint_process::impl {
                                   std::to_string(child_segment_fd),
                                   "--segment-bytes",
                                   std::to_string(seg.size())};
+    for (auto& a : detail::priority_args(opts.priority)) args.push_back(std::move(a));
     bp2::posix::default_launcher launcher;
     bp2::error_code ec;
     auto reap_failed_child = [&] {

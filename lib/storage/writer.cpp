@@ -3,22 +3,33 @@
 // The sequence is the classic one, and every step is there for a reason:
 //
 //   1. plan the header (safetensors.cpp) — all validation of the tree happens here, before any
-//      file exists, so a state dict that cannot be written leaves no trace at all;
-//   2. create `.<name>.tmp.<pid>.<n>` beside the target with O_EXCL (never clobber a file that
-//      someone else is writing), lock it (temp_file.hpp: the lock tells cleaners that its writer
-//      is alive, until the rename) and reserve the full size with fallocate, so a full disk fails
-//      at once with the bytes needed and free instead of after gigabytes of writing;
+//      file exists, so a state dict that cannot be written leaves no trace at all. The header is
+//      padded with spaces so that the data section starts at a multiple of 4096;
+//   2. create `.<name>.tmp.<pid>.<n>` beside the target (io/durable_file.hpp: O_EXCL, the
+//      temp-file lock, fallocate of the full size so a full disk fails at once);
 //   3. write the data section straight from the tensors' memory — in the checkpoint child that
-//      memory is the shared segment, so no byte is copied in user space — with pwritev in
-//      chunks of about 8 MiB, hashing each tensor on the way (one pass over the bytes) and
-//      checking the cancel flag between chunks; writeback of each chunk is started at once so
-//      the final fsync has little left to do;
-//   4. write the now-final header (checksums filled in) at offset 0, fsync, close;
-//   5. rename over the target and fsync the directory, which makes the rename durable.
+//      memory is the shared segment — hashing each tensor on the way, checking the cancel flag
+//      and reporting progress between chunks of about 8 MiB;
+//   4. write the now-final header (checksums filled in) at offset 0;
+//   5. fsync, close, rename over the target, fsync the directory (durable_file::commit).
 //
-// Until step 5 the target is untouched; on any failure before it the temporary file is removed
-// by its RAII guard. After the rename only the directory fsync can fail; the new file is then in
-// place but its durability unknown, and the error says so.
+// Step 3 has two paths. **Direct** (where the filesystem supports O_DIRECT and is not a memory
+// filesystem): the file is a stream of blocks of the filesystem's O_DIRECT granularity. Every
+// block that lies inside one tensor whose address is aligned like its file offset goes to the
+// disk straight from the tensor's memory — runs of them merge into large pwritev calls — and
+// every other block (the piece two tensors share, a tensor whose address is misaligned, the last
+// partial block, padded with zeros and cut off again by ftruncate) is gathered into a small
+// aligned bounce buffer. No byte is copied into the page cache, so nothing is left for
+// write-back to flush and the trainer's caches and memory bandwidth are spared; the checksum
+// pass (XXH3) is the only time the CPU reads the tensors, in pieces of a few hundred KiB right
+// before they are queued. A refusal of O_DIRECT at the first write (EINVAL: some FUSE and
+// network filesystems) switches the same file back to the buffered path from its start.
+// **Buffered**: pwritev from the tensors' memory (the copy into the page cache is the kernel's),
+// write-back of each chunk started at once so the final fsync has little left to do.
+//
+// Until the rename the target is untouched; on any failure before it the temporary file is
+// removed (durable_file). After the rename only the directory fsync can fail; the new file is
+// then in place but its durability unknown, and the error says so.
 //
 // Thread safety: write_safetensors keeps no shared state except an atomic counter for names.
 #include "shmckpt/writer.hpp"
@@ -28,8 +39,6 @@
 #include "shmckpt/commit.hpp"
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -39,175 +48,84 @@
 #include <charconv>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <condition_variable>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/progress.hpp"
-#include "format/safetensors.hpp"
-#include "shmckpt/error.hpp"
-#include "io/temp_file.hpp"
 #include "core/util.hpp"
+#include "format/safetensors.hpp"
+#include "io/durable_file.hpp"
+#include "io/temp_file.hpp"
+#include "shmckpt/error.hpp"
 
 namespace shmckpt {
 namespace {
 
 namespace fs = std::filesystem;
+using detail::durable_file;
+
+std::string os_message(int err) { return std::system_category().message(err); }
 
 // Large enough that per-call overhead vanishes, small enough that a cancel is seen quickly.
 constexpr std::size_t chunk_bytes = std::size_t{8} << 20;
 constexpr std::size_t max_iovecs = IOV_MAX;
+// Where the data section starts; also the coarsest O_DIRECT alignment the direct path serves.
+constexpr std::size_t data_alignment = 4096;
+// The bounce buffer of the direct path: a multiple of every block size it serves.
+constexpr std::size_t bounce_bytes = std::size_t{1} << 20;
+// Checksums are computed in pieces this large, each right before it is queued for writing.
+constexpr std::size_t hash_piece = std::size_t{256} << 10;
 
-std::string os_message(int err) { return std::system_category().message(err); }
-
-// Everything that knows which file is being written, for errors that name it.
-class write_context {
- public:
-  write_context(const fs::path& file, std::uint64_t file_size)
-      : file_(file), file_size_(file_size),
-        label_("writing checkpoint '" + file.string() + "'") {}
-
-  const std::string& label() const noexcept { return label_; }
-
-  [[noreturn]] void os_failure(const char* what, int err) const {
-    if (err == ENOSPC || err == EDQUOT) {
-      std::string free_text = "an unknown number of";
-      struct statvfs st {};
-      if (::statvfs(directory().c_str(), &st) == 0)
-        free_text = std::to_string(static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize);
-      throw_error(errc::no_space, label_ + ": not enough disk space: the file needs " +
-                                      std::to_string(file_size_) + " bytes, the filesystem has " +
-                                      free_text + " bytes free (" + what + ")");
-    }
-    throw_error(errc::io_error, label_ + ": " + what + ": " + os_message(err));
-  }
-
-  fs::path directory() const {
-    fs::path dir = file_.parent_path();
-    return dir.empty() ? fs::path(".") : dir;
-  }
-
- private:
-  fs::path file_;
-  std::uint64_t file_size_;
-  std::string label_;
-};
-
-// The temporary file: removed on destruction unless commit() was called after the rename. Its
-// lock (temp_file.hpp) is held through a second descriptor until destruction, so it covers the
-// rename even after close() has reported the close errors of the first.
-class temp_file {
- public:
-  temp_file(const write_context& ctx, const fs::path& target) {
-    fd_ = detail::create_locked_temp(ctx.directory(), target.filename().string(), path_);
-    if (!fd_) ctx.os_failure("cannot create the temporary file", errno);
-    lock_.reset(::fcntl(fd_.get(), F_DUPFD_CLOEXEC, 0));
-    if (!lock_) {
-      int err = errno;
-      ::unlink(path_.c_str());
-      ctx.os_failure("cannot duplicate the temporary file's descriptor", err);
-    }
-  }
-  temp_file(const temp_file&) = delete;
-  temp_file& operator=(const temp_file&) = delete;
-  ~temp_file() {
-    if (!committed_) ::unlink(path_.c_str());  // while still holding the lock
-    fd_.reset();
-    lock_.reset();
-  }
-
-  int fd() const noexcept { return fd_.get(); }
-  const fs::path& path() const noexcept { return path_; }
-
-  /// Closes the descriptor, reporting the errors close can carry (e.g. NFS write-back).
-  void close(const write_context& ctx) {
-    if (::close(fd_.release()) != 0) ctx.os_failure("close failed", errno);
-  }
-  void commit() noexcept { committed_ = true; }
-
- private:
-  fs::path path_;
-  unique_fd fd_;
-  unique_fd lock_;
-  bool committed_ = false;
-};
-
-void check_cancel(const safetensors_write_options& options, const write_context& ctx) {
+void check_cancel(const safetensors_write_options& options, const durable_file& f) {
   if (options.cancel && options.cancel->load(std::memory_order_relaxed))
-    throw_error(errc::closed, ctx.label() + ": cancelled; the previous checkpoint at this path "
-                                            "(if any) is unchanged");
+    throw_error(errc::closed, f.label() + ": cancelled; the previous checkpoint at this path "
+                                          "(if any) is unchanged");
 }
 
-void preallocate(int fd, std::uint64_t size, const write_context& ctx) {
-  if (::fallocate(fd, 0, 0, static_cast<off_t>(size)) == 0) return;
-  int err = errno;
-  // Filesystems without fallocate still get the data; they just fail later when full.
-  if (err == EOPNOTSUPP || err == ENOSYS) return;
-  ctx.os_failure("cannot reserve space", err);
+void report(const durable_file& f, std::uint64_t done, std::uint64_t total) {
+  // Tells the parent's watchdog (in the checkpoint child) that the write moves, and how far.
+  char where[96];
+  std::snprintf(where, sizeof where, ": %.1f of %.1f MiB written",
+                static_cast<double>(done) / (1 << 20), static_cast<double>(total) / (1 << 20));
+  detail::report_progress(f.label() + where);
 }
 
-void pwrite_all(int fd, const char* p, std::size_t n, std::uint64_t off, const write_context& ctx) {
-  while (n > 0) {
-    ssize_t r = ::pwrite(fd, p, n, static_cast<off_t>(off));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      ctx.os_failure("write failed", errno);
-    }
-    if (r == 0) ctx.os_failure("write made no progress", EIO);
-    p += r;
-    n -= static_cast<std::size_t>(r);
-    off += static_cast<std::uint64_t>(r);
-  }
+using hash_state = std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)>;
+hash_state new_hash() {
+  hash_state h(XXH3_createState(), &XXH3_freeState);
+  if (!h) throw std::bad_alloc();
+  return h;
 }
 
-// Writes all of `iov` at `off`, resuming after short writes.
-void pwritev_all(int fd, std::vector<iovec>& iov, std::uint64_t off, const write_context& ctx) {
-  std::size_t i = 0;
-  while (i < iov.size()) {
-    ssize_t r = ::pwritev(fd, iov.data() + i, static_cast<int>(iov.size() - i),
-                          static_cast<off_t>(off));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      ctx.os_failure("write failed", errno);
-    }
-    if (r == 0) ctx.os_failure("write made no progress", EIO);
-    off += static_cast<std::uint64_t>(r);
-    auto left = static_cast<std::size_t>(r);
-    while (i < iov.size() && left >= iov[i].iov_len) left -= iov[i++].iov_len;
-    if (left > 0) {
-      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + left;
-      iov[i].iov_len -= left;
-    }
-  }
-}
+// ---- the buffered path ------------------------------------------------------------------------
 
 // Writes every tensor's bytes into the data section and fills in the checksums of `plan`.
-void write_data(int fd, detail::encoded_header& plan, const safetensors_write_options& options,
-                const write_context& ctx) {
-  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> hash(XXH3_createState(),
-                                                                &XXH3_freeState);
-  if (!hash) throw std::bad_alloc();
-
+void write_data_buffered(durable_file& f, detail::encoded_header& plan,
+                         const safetensors_write_options& options) {
+  hash_state hash = new_hash();
   std::vector<iovec> iov;
   iov.reserve(max_iovecs);
   std::uint64_t batch_offset = plan.bytes.size();
   std::size_t batch_size = 0;
   auto flush = [&] {
-    check_cancel(options, ctx);
+    check_cancel(options, f);
     if (iov.empty()) return;
-    pwritev_all(fd, iov, batch_offset, ctx);
+    f.pwritev_all(iov, batch_offset);
     // Start writeback now; fsync later waits for less. Errors surface at fsync.
-    ::sync_file_range(fd, static_cast<off_t>(batch_offset), static_cast<off_t>(batch_size),
+    ::sync_file_range(f.fd(), static_cast<off_t>(batch_offset), static_cast<off_t>(batch_size),
                       SYNC_FILE_RANGE_WRITE);
     batch_offset += batch_size;
     batch_size = 0;
     iov.clear();
-    // Tells the parent's watchdog (in the checkpoint child) that the write moves, and how far.
-    char where[96];
-    std::snprintf(where, sizeof where, ": %.1f of %.1f MiB written",
-                  static_cast<double>(batch_offset) / (1 << 20),
-                  static_cast<double>(plan.file_size()) / (1 << 20));
-    detail::report_progress(ctx.label() + where);
+    report(f, batch_offset, plan.file_size());
   };
 
   for (std::size_t i = 0; i < plan.tensors.size(); ++i) {
@@ -231,12 +149,260 @@ void write_data(int fd, detail::encoded_header& plan, const safetensors_write_op
   flush();
 }
 
-void fsync_directory(const fs::path& dir, const write_context& ctx) {
-  unique_fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd || ::fsync(fd.get()) != 0)
-    throw_error(errc::io_error,
-                ctx.label() + ": the new file is in place, but syncing directory '" + dir.string() +
-                    "' failed (" + os_message(errno) + "), so it may not survive a crash");
+// ---- the direct path --------------------------------------------------------------------------
+
+// Thrown by the first direct write when the filesystem refuses O_DIRECT after accepting the flag.
+struct direct_refused {};
+
+struct aligned_free {
+  void operator()(std::byte* p) const noexcept { std::free(p); }
+};
+using aligned_buffer = std::unique_ptr<std::byte, aligned_free>;
+
+aligned_buffer aligned_alloc_bytes(std::size_t n) {
+  void* p = std::aligned_alloc(data_alignment, n);
+  if (!p) throw std::bad_alloc();
+  return aligned_buffer(static_cast<std::byte*>(p));
+}
+
+// Writes one batch at a time on a helper thread, so that the next batch is hashed and assembled
+// while the disk takes the previous one (the checksum pass then costs no wall time).
+class write_pipeline {
+ public:
+  explicit write_pipeline(durable_file& f) : f_(f), thread_([this] { run(); }) {}
+  write_pipeline(const write_pipeline&) = delete;
+  write_pipeline& operator=(const write_pipeline&) = delete;
+  ~write_pipeline() {
+    {
+      std::lock_guard g(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();  // after the batch in flight, if any: it reads memory its owner still holds
+  }
+
+  // Starts writing `iov` at `off`; at most one batch is in flight (call wait() first).
+  void submit(std::vector<iovec>& iov, std::uint64_t off, bool refusable) {
+    {
+      std::lock_guard g(m_);
+      job_.swap(iov);
+      off_ = off;
+      refusable_ = refusable;
+      busy_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  // Waits for the batch in flight. Rethrows its failure; returns EINVAL when a refusable batch
+  // was refused (nothing of it written), else 0.
+  int wait() {
+    std::unique_lock lk(m_);
+    cv_.wait(lk, [&] { return !busy_; });
+    if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+    return std::exchange(refused_, 0);
+  }
+
+ private:
+  void run() {
+    std::unique_lock lk(m_);
+    for (;;) {
+      cv_.wait(lk, [&] { return busy_ || stop_; });
+      if (!busy_) return;
+      lk.unlock();
+      int refused = 0;
+      std::exception_ptr failure;
+      try {
+        refused = f_.pwritev_all(job_, off_, refusable_);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      lk.lock();
+      refused_ = refused;
+      failure_ = failure;
+      job_.clear();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  durable_file& f_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<iovec> job_;  // (m_) handed over by submit; the helper alone uses it while busy_
+  std::uint64_t off_ = 0;
+  bool refusable_ = false;
+  bool busy_ = false;
+  bool stop_ = false;
+  int refused_ = 0;
+  std::exception_ptr failure_;
+  std::thread thread_;  // last: starts after every member it uses exists
+};
+
+// Assembles the data section as a stream of `block`-sized pieces: batches of iovecs, contiguous
+// in the file, each either a run of tensor memory or a stretch of the bounce buffer.
+class direct_stream {
+ public:
+  direct_stream(durable_file& f, detail::direct_alignment a, const detail::encoded_header& plan,
+                const safetensors_write_options& options, safetensors_write_result& result)
+      : f_(f), a_(a), block_(a.offset), options_(options), result_(result),
+        total_(plan.file_size()), pos_(plan.bytes.size()), batch_offset_(pos_),
+        written_(pos_), bounce_{aligned_alloc_bytes(bounce_bytes), aligned_alloc_bytes(bounce_bytes)},
+        pipeline_(f) {
+    iov_.reserve(max_iovecs);
+  }
+
+  // Appends `n` bytes of tensor memory at `p` (the next bytes of the file).
+  void append(const std::byte* p, std::uint64_t n) {
+    while (n > 0) {
+      // Finish a partly assembled block first.
+      if (pos_ % block_ != 0) {
+        std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(n, block_ - pos_ % block_));
+        gather(p, k);
+        p += k;
+        n -= k;
+        continue;
+      }
+      std::uint64_t whole = n / block_ * block_;
+      if (whole == 0) {  // a last partial block of this tensor: the next tensor may finish it
+        gather(p, static_cast<std::size_t>(n));
+        return;
+      }
+      if (reinterpret_cast<std::uintptr_t>(p) % a_.memory == 0) {
+        direct(p, whole);
+      } else {
+        // Misaligned memory: every block of it through the bounce buffer.
+        for (std::uint64_t done = 0; done < whole;) {
+          std::size_t k = static_cast<std::size_t>(
+              std::min<std::uint64_t>(whole - done, bounce_bytes - used_));
+          gather(p + done, k);
+          done += k;
+        }
+      }
+      p += whole;
+      n -= whole;
+    }
+  }
+
+  // Pads the last block with zeros, writes everything queued and returns the bytes written
+  // beyond the data section's end (to be cut off with ftruncate).
+  std::uint64_t finish() {
+    std::uint64_t pad = (block_ - pos_ % block_) % block_;
+    if (pad > 0) {
+      std::memset(bounce() + used_, 0, static_cast<std::size_t>(pad));
+      queue(bounce() + used_, static_cast<std::size_t>(pad));
+      used_ += static_cast<std::size_t>(pad);
+      pos_ += pad;
+    }
+    flush();
+    settle();
+    return pad;
+  }
+
+ private:
+  void direct(const std::byte* p, std::uint64_t n) {
+    while (n > 0) {
+      if (batch_bytes_ >= chunk_bytes) flush();  // bounce bytes may have filled the batch
+      std::size_t k =
+          static_cast<std::size_t>(std::min<std::uint64_t>(n, chunk_bytes - batch_bytes_));
+      // pwritev only reads through iov_base; the cast drops const for the C interface.
+      queue(const_cast<std::byte*>(p), k);
+      result_.direct_bytes += k;
+      pos_ += k;
+      p += k;
+      n -= k;
+      // Room is left for one bounce entry, which may have to finish a block before a flush.
+      if (batch_bytes_ >= chunk_bytes || iov_.size() + 1 >= max_iovecs) flush();
+    }
+  }
+
+  void gather(const std::byte* p, std::size_t n) {
+    if (used_ + n > bounce_bytes) flush();  // only at block boundaries: see append()
+    std::memcpy(bounce() + used_, p, n);
+    queue(bounce() + used_, n);
+    used_ += n;
+    pos_ += n;
+    result_.bounced_bytes += n;
+    if (pos_ % block_ == 0 && (used_ == bounce_bytes || iov_.size() + 1 >= max_iovecs)) flush();
+  }
+
+  // Adds `n` bytes at `p` to the batch, extending the last entry when `p` continues it.
+  void queue(std::byte* p, std::size_t n) {
+    if (!iov_.empty() && static_cast<std::byte*>(iov_.back().iov_base) + iov_.back().iov_len == p)
+      iov_.back().iov_len += n;
+    else
+      iov_.push_back({p, n});
+    batch_bytes_ += n;
+  }
+
+  std::byte* bounce() const noexcept { return bounce_[current_].get(); }
+
+  // Hands the batch to the pipeline (after the previous one is written) and starts the next in
+  // the other bounce buffer; called only at block boundaries (pos_ % block_ == 0).
+  void flush() {
+    check_cancel(options_, f_);
+    if (iov_.empty()) return;
+    settle();
+    pipeline_.submit(iov_, batch_offset_, /*refusable=*/!submitted_);
+    submitted_ = true;
+    in_flight_ = batch_bytes_;
+    batch_offset_ += batch_bytes_;
+    batch_bytes_ = 0;
+    used_ = 0;
+    iov_.clear();
+    current_ ^= 1;
+  }
+
+  // Waits for the batch in flight; a refusal of the very first one means O_DIRECT is refused.
+  void settle() {
+    if (in_flight_ == 0) return;
+    if (pipeline_.wait() != 0) throw direct_refused{};
+    written_ += in_flight_;
+    in_flight_ = 0;
+    report(f_, std::min(written_, total_), total_);
+  }
+
+  durable_file& f_;
+  detail::direct_alignment a_;
+  std::size_t block_;
+  const safetensors_write_options& options_;
+  safetensors_write_result& result_;
+  std::uint64_t total_;
+  std::uint64_t pos_;           // file offset of the next byte appended
+  std::uint64_t batch_offset_;  // file offset of the batch's first byte
+  std::uint64_t batch_bytes_ = 0;
+  std::uint64_t written_;        // file offset up to which batches are on disk
+  std::uint64_t in_flight_ = 0;  // bytes of the batch the pipeline is writing
+  std::vector<iovec> iov_;
+  aligned_buffer bounce_[2];  // one for the batch being assembled, one for the batch in flight
+  int current_ = 0;
+  std::size_t used_ = 0;  // bytes of the current bounce buffer the batch refers to
+  bool submitted_ = false;
+  write_pipeline pipeline_;  // after the buffers: joined before they are freed
+};
+
+void write_data_direct(durable_file& f, detail::direct_alignment a, detail::encoded_header& plan,
+                       const safetensors_write_options& options,
+                       safetensors_write_result& result) {
+  hash_state hash = new_hash();
+  direct_stream out(f, a, plan, options, result);
+  for (std::size_t i = 0; i < plan.tensors.size(); ++i) {
+    const auto& t = plan.tensors[i];
+    XXH3_64bits_reset(hash.get());
+    const std::byte* p = t.source->data();
+    for (std::uint64_t done = 0; done < t.nbytes;) {
+      std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(t.nbytes - done, hash_piece));
+      if (plan.checksums) XXH3_64bits_update(hash.get(), p + done, k);
+      out.append(p + done, k);
+      done += k;
+    }
+    if (plan.checksums) detail::set_checksum(plan, i, XXH3_64bits_digest(hash.get()));
+  }
+  std::uint64_t pad = out.finish();
+  // The header, whose size is a multiple of data_alignment, from an aligned copy.
+  aligned_buffer header = aligned_alloc_bytes(plan.bytes.size());
+  std::memcpy(header.get(), plan.bytes.data(), plan.bytes.size());
+  f.pwrite_all(header.get(), plan.bytes.size(), 0);
+  if (pad > 0) f.truncate(plan.file_size());
 }
 
 int int_arg(const kwargs& args, const char* key, int fallback, int min) {
@@ -274,6 +440,12 @@ class default_writer final : public checkpoint_writer {
                                               std::to_string(rank_.world_size));
     timeout_ = std::chrono::milliseconds(int_arg(args, "commit_timeout_ms", 600000, 0));
     overwrite_ = bool_arg(args, "overwrite", false);
+    if (auto it = args.find("io"); it != args.end()) {
+      if (it->second == "buffered") io_ = write_io::buffered;
+      else if (it->second != "auto")
+        throw_error(errc::invalid_argument, "default writer: argument 'io' is '" + it->second +
+                                                "', not auto or buffered");
+    }
     if (auto it = args.find("hook"); it != args.end() && !it->second.empty())
       hook_ = make_writer_hook(it->second, args);
     barrier_ = make_file_barrier();
@@ -310,6 +482,7 @@ class default_writer final : public checkpoint_writer {
     barrier_->begin(path, rank_);
     safetensors_write_options options;
     options.cancel = cancel_;
+    options.io = io_;
     write_safetensors(checkpoint_file_path(path, rank_.rank), sd, options);
     rank_file me = describe_rank_file(path, rank_.rank);
     me.round = round;
@@ -321,33 +494,47 @@ class default_writer final : public checkpoint_writer {
   const std::atomic<bool>* cancel_;
   std::chrono::milliseconds timeout_;
   bool overwrite_ = false;
+  write_io io_ = write_io::automatic;
   std::unique_ptr<writer_hook> hook_;
   std::unique_ptr<barrier> barrier_;
 };
 
 }  // namespace
 
-void write_safetensors(const fs::path& file, const state_dict& sd,
-                       const safetensors_write_options& options) {
+safetensors_write_result write_safetensors(const fs::path& file, const state_dict& sd,
+                                           const safetensors_write_options& options) {
   reject_nul(file, "checkpoint path");
   if (file.filename().empty())
     throw_error(errc::invalid_argument,
                 "checkpoint path '" + file.string() + "' has no file name");
-  detail::encoded_header plan = detail::encode_header(sd, options.checksums);
-  write_context ctx(file, plan.file_size());
-  check_cancel(options, ctx);
+  detail::encoded_header plan = detail::encode_header(sd, options.checksums, data_alignment);
+  safetensors_write_result result;
+  result.file_bytes = plan.file_size();
+  durable_file f(file, plan.file_size(), "writing checkpoint '" + file.string() + "'");
+  check_cancel(options, f);
 
-  temp_file tmp(ctx, file);
-  preallocate(tmp.fd(), plan.file_size(), ctx);
-  write_data(tmp.fd(), plan, options, ctx);
-  pwrite_all(tmp.fd(), plan.bytes.data(), plan.bytes.size(), 0, ctx);
-  if (::fsync(tmp.fd()) != 0) ctx.os_failure("fsync failed", errno);
-  tmp.close(ctx);
-  check_cancel(options, ctx);
-  if (::rename(tmp.path().c_str(), file.c_str()) != 0)
-    ctx.os_failure("cannot rename the temporary file over the target", errno);
-  tmp.commit();
-  fsync_directory(ctx.directory(), ctx);
+  detail::direct_alignment a;
+  bool direct = options.io == write_io::automatic && f.enable_direct(a, data_alignment);
+  if (direct) {
+    try {
+      write_data_direct(f, a, plan, options, result);
+      result.path = write_path::direct;
+    } catch (const direct_refused&) {
+      // Nothing was written yet: the same file, from its start, through the page cache.
+      f.disable_direct();
+      result = safetensors_write_result{};
+      result.file_bytes = plan.file_size();
+      direct = false;
+    }
+  }
+  if (!direct) {
+    write_data_buffered(f, plan, options);
+    f.pwrite_all(plan.bytes.data(), plan.bytes.size(), 0);
+    result.path = write_path::buffered;
+  }
+  check_cancel(options, f);
+  f.commit();
+  return result;
 }
 
 std::unique_ptr<checkpoint_writer> make_default_writer(const kwargs& args,

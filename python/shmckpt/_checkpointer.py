@@ -116,7 +116,9 @@ class AsyncCheckpointer(_Checkpointer):
     core, at most 4), staging_generations (2), staging_timeout (600 s), init_timeout (30 s), shutdown_timeout
     (60 s), commit_timeout (600 s), prefault (True), rank and world_size (from RANK/WORLD_SIZE,
     OMPI_*, PMI_*, SLURM_* unless given), worker_path, writer_factory, writer_args,
-    init_function, init_args. Times are in seconds.
+    init_function, init_args, and the child's priority: child_nice, child_policy ("inherit",
+    "normal", "batch", "idle"), child_io_class ("inherit", "best_effort", "idle"),
+    child_io_level (0-7), child_cpus (a list of CPU numbers). Times are in seconds.
     """
 
     def __init__(self, **config):
@@ -173,7 +175,9 @@ class CheckpointProcess(_Closing):
     Options: segment_bytes (0: grows as needed; else its cap), initial_segment_bytes (64 MiB),
     init_timeout (30 s), shutdown_timeout (60 s), progress_timeout (300 s), prefault,
     worker_path (a child binary that registers init functions and writer factories),
-    init_function / init_args, writer_factory ("default") / writer_args, rank, world_size.
+    init_function / init_args, writer_factory ("default") / writer_args, rank, world_size,
+    child_nice / child_policy / child_io_class / child_io_level / child_cpus (the child's
+    priority, as for AsyncCheckpointer).
     """
 
     def __init__(self, **options):

@@ -89,6 +89,19 @@ kwargs kwargs_option(const py::handle& v) {
   return out;
 }
 
+// A string option naming one of `names`.
+template <class E>
+E enum_option(const py::handle& v, const std::string& key,
+              std::initializer_list<std::pair<const char*, E>> names) {
+  std::string s = py::str(v);
+  std::string known;
+  for (const auto& [n, e] : names) {
+    if (s == n) return e;
+    known += (known.empty() ? "" : ", ") + std::string(n);
+  }
+  throw_error(errc::invalid_argument, "option '" + key + "' is '" + s + "', not one of " + known);
+}
+
 // Reads the options every Python constructor shares; unknown names are an error.
 struct parsed_config {
   checkpointer_config config;
@@ -125,6 +138,20 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
       po.writer_factory = py::str(v);
     else if (key == "writer_args")
       po.writer_args = kwargs_option(v);
+    else if (key == "child_nice")
+      po.priority.nice = v.cast<int>();
+    else if (key == "child_policy")
+      po.priority.policy = enum_option<child_cpu_policy>(
+          v, key, {{"inherit", child_cpu_policy::inherit}, {"normal", child_cpu_policy::normal},
+                   {"batch", child_cpu_policy::batch}, {"idle", child_cpu_policy::idle}});
+    else if (key == "child_io_class")
+      po.priority.io_class = enum_option<child_io_class>(
+          v, key, {{"inherit", child_io_class::inherit},
+                   {"best_effort", child_io_class::best_effort}, {"idle", child_io_class::idle}});
+    else if (key == "child_io_level")
+      po.priority.io_level = v.cast<int>();
+    else if (key == "child_cpus")
+      po.priority.cpus = v.is_none() ? std::vector<int>{} : v.cast<std::vector<int>>();
     else if (key == "rank") {
       if (!v.is_none()) p.rank = v.cast<int>();
     } else if (key == "world_size") {
@@ -143,7 +170,8 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
                       "'; known: segment_bytes, initial_segment_bytes, init_timeout, "
                       "shutdown_timeout, progress_timeout, prefault, worker_path, init_function, "
                       "init_args, "
-                      "writer_factory, writer_args, rank, world_size" +
+                      "writer_factory, writer_args, child_nice, child_policy, child_io_class, "
+                      "child_io_level, child_cpus, rank, world_size" +
                       std::string(checkpointer ? ", staging_threads, staging_generations, "
                                                  "staging_timeout, commit_timeout"
                                                : ""));

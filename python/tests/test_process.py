@@ -159,3 +159,20 @@ def test_ctrl_c_while_waiting_for_a_write_does_not_disturb_it(tmp_path, test_chi
 def test_unknown_options_are_rejected():
     with pytest.raises(shmckpt.InvalidArgumentError, match="unknown option 'segment_size'"):
         shmckpt.CheckpointProcess(segment_size=1)
+
+
+def test_child_priority_options_reach_the_child(test_child):
+    cpu = max(os.sched_getaffinity(0))
+    with shmckpt.CheckpointProcess(worker_path=test_child, writer_factory="record",
+                                   segment_bytes=8 << 20, child_nice=4, child_policy="batch",
+                                   child_io_class="idle", child_cpus=[cpu]) as cp:
+        cp.wait_ready()
+        pid = cp.pid
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # proc(5): field 19 is nice, field 41 the policy (3 = SCHED_BATCH), counted from 1.
+        assert int(fields[19 - 3]) == min(os.getpriority(os.PRIO_PROCESS, 0) + 4, 19)
+        assert int(fields[41 - 3]) == os.SCHED_BATCH
+        assert os.sched_getaffinity(pid) == {cpu}
+    with pytest.raises(shmckpt.InvalidArgumentError, match="'child_policy' is 'lazy'"):
+        shmckpt.CheckpointProcess(worker_path=test_child, child_policy="lazy")

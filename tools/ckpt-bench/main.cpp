@@ -48,6 +48,7 @@
 
 #include <boost/json.hpp>
 #include <boost/program_options.hpp>
+#include <xxhash.h>
 
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/checkpointer.hpp"
@@ -205,6 +206,8 @@ struct config {
   std::uint64_t many_tensors = 65536;
   int latency_samples = 400;  // PING-equivalent and raw round trips per repetition batch
   std::vector<std::string> only;  // sections to run (empty: all), for profiling one figure
+  // Writer set-ups the interference section compares, interleaved (see parse_variant).
+  std::vector<std::string> variants{"buffered", "default"};
   bool wants(const std::string& section) const {
     return only.empty() || std::find(only.begin(), only.end(), section) != only.end();
   }
@@ -222,6 +225,50 @@ std::uint64_t parse_size(const std::string& text) {
   throw std::invalid_argument("cannot read size '" + text + "' (use e.g. 64M, 1G)");
 }
 
+// A writer set-up for the interference section: "default" (the library's defaults: O_DIRECT
+// where possible, the default child priority) or "buffered" / "direct" with no priority change,
+// followed by "+"-separated changes: nice<N>, batch, idle (SCHED_IDLE), normal, ioidle,
+// iobe<L>, cpu<N>. E.g. "direct+batch+nice10", "buffered+idle+ioidle".
+struct writer_variant {
+  std::string name;
+  kwargs writer_args;
+  child_priority priority;
+};
+
+writer_variant parse_variant(const std::string& text) {
+  writer_variant v;
+  v.name = text;
+  std::stringstream ss(text);
+  std::string part;
+  bool first = true;
+  while (std::getline(ss, part, '+')) {
+    auto number = [&](std::size_t at) { return std::stoi(part.substr(at)); };
+    if (first) {
+      first = false;
+      if (part == "default") continue;
+      if (part == "buffered") v.writer_args["io"] = "buffered";
+      else if (part != "direct")
+        throw std::invalid_argument("variant '" + text + "' must start with default, buffered or direct");
+      v.priority = child_priority{};
+      v.priority.nice = 0;
+      v.priority.policy = child_cpu_policy::inherit;
+      v.priority.io_class = child_io_class::inherit;
+      continue;
+    }
+    if (part.rfind("nice", 0) == 0) v.priority.nice = number(4);
+    else if (part == "batch") v.priority.policy = child_cpu_policy::batch;
+    else if (part == "idle") v.priority.policy = child_cpu_policy::idle;
+    else if (part == "normal") v.priority.policy = child_cpu_policy::normal;
+    else if (part == "ioidle") v.priority.io_class = child_io_class::idle;
+    else if (part.rfind("iobe", 0) == 0) {
+      v.priority.io_class = child_io_class::best_effort;
+      v.priority.io_level = number(4);
+    } else if (part.rfind("cpu", 0) == 0) v.priority.cpus.push_back(number(3));
+    else throw std::invalid_argument("variant '" + text + "': unknown part '" + part + "'");
+  }
+  return v;
+}
+
 // The stager's default copy-thread count (stager_options::threads = 0).
 std::size_t default_copy_threads() {
   unsigned hw = std::thread::hardware_concurrency();
@@ -234,6 +281,19 @@ void progress(const config& c, const std::string& what) {
 }
 
 // ---- /proc helpers --------------------------------------------------------------------------------
+
+// CPU time (user + system, all threads) of process `pid` in seconds; 0 when unreadable.
+double proc_cpu_seconds(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line) || line.rfind(')') == std::string::npos) return 0;
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::vector<std::string> f;
+  for (std::string w; rest >> w && f.size() < 13;) f.push_back(w);  // fields 3..15
+  if (f.size() < 13) return 0;
+  double ticks = std::stod(f[11]) + std::stod(f[12]);  // utime, stime
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
 
 // Fields of /proc/<pid>/status in bytes ("VmHWM", "RssAnon", ...). Empty when unreadable.
 std::map<std::string, std::uint64_t> proc_status(int pid) {
@@ -864,20 +924,38 @@ class bench {
   }
 
   // ---- persist ----
+  //
+  // The default writer (O_DIRECT where the filesystem allows it) and the buffered writer (the
+  // previous default, writer argument io=buffered) side by side, interleaved with the raw writes.
   void persist(std::uint64_t s, bool largest) {
     progress(c_, "persist: " + size_label(s));
     checkpoint_process p(process_opts(segment_for(s, c_.few_tensors), false));
     p.wait_ready();
     state_dict sd = make_shared_state(p, s, c_.few_tensors);
+    auto buffered_opts = process_opts(segment_for(s, c_.few_tensors), false);
+    buffered_opts.writer_args["io"] = "buffered";
+    checkpoint_process pb(buffered_opts);
+    pb.wait_ready();
+    state_dict sdb = make_shared_state(pb, s, c_.few_tensors);
     auto src = private_buffer(s, 0x5a);
-    std::vector<double> shm, buffered, direct, best;
+    std::vector<double> shm, shm_buffered, buffered, direct, best, hash;
     fs::path raw_file = scratch() / "raw.bin";
+    volatile std::uint64_t sink = 0;
     for (int r = 0; r < reps(); ++r) {
+      auto th = mono_ns();
+      sink = sink + XXH3_64bits(src.get(), s);
+      hash.push_back(static_cast<double>(s) / seconds_since(th));
       double b = raw_durable_write(raw_file, src.get(), s, false);
       double d = raw_durable_write(raw_file, src.get(), s, true);
       buffered.push_back(static_cast<double>(s) / b);
       direct.push_back(static_cast<double>(s) / d);
       best.push_back(static_cast<double>(s) / std::min(b, d));
+      fs::path dirb = scratch() / ("persist-buffered-" + std::to_string(r));
+      fs::remove_all(dirb);
+      auto tb = mono_ns();
+      pb.write(sdb, dirb).get();
+      shm_buffered.push_back(static_cast<double>(s) / seconds_since(tb));
+      fs::remove_all(dirb);
       fs::path dir = scratch() / ("persist-" + std::to_string(r));
       fs::remove_all(dir);  // a complete checkpoint of the previous size: not saved over
       auto t0 = mono_ns();
@@ -887,11 +965,19 @@ class bench {
     }
     persisted_[s] = checkpoint_file_path(scratch() / ("persist-" + std::to_string(reps() - 1)), 0);
     raw_write_time_[s] = static_cast<double>(s) / summarize(best).median;
+    sdb = {};
+    pb.close();
 
     if (largest) child_rss(p, sd, s);
     sd = {};
     p.close();
 
+    char note[256];
+    std::snprintf(note, sizeof note,
+                  "buffered+fsync %s, O_DIRECT %s; XXH3 checksum pass alone (one thread) %s",
+                  fmt_stats(summarize(buffered), unit::bytes_per_second).c_str(),
+                  fmt_stats(summarize(direct), unit::bytes_per_second).c_str(),
+                  fmt_stats(summarize(hash), unit::bytes_per_second).c_str());
     figure f;
     f.id = "persist";
     f.name = "persist throughput (write() to durable, default writer, checksums on)";
@@ -902,12 +988,17 @@ class bench {
     f.baseline_label = "raw durable write, best of buffered+fsync and O_DIRECT";
     f.baseline = summarize(best);
     f.at_least(0.9);
-    char note[160];
-    std::snprintf(note, sizeof note, "buffered+fsync %s, O_DIRECT %s",
-                  fmt_stats(summarize(buffered), unit::bytes_per_second).c_str(),
-                  fmt_stats(summarize(direct), unit::bytes_per_second).c_str());
     f.note = note;
     add(f);
+
+    figure g = f;
+    g.id = "persist_buffered_writer";
+    g.name = "persist throughput, default writer with io=buffered (the page-cache path)";
+    g.value = summarize(shm_buffered);
+    g.at_least(0.9);
+    g.st = status::info;
+    g.target = "(the previous default, for comparison)";
+    add(g);
   }
 
   // One more write with the child's /proc status sampled every millisecond.
@@ -958,63 +1049,108 @@ class bench {
   // loaded persists alternate within each repetition so that drift hits all three alike.
   void interference(std::uint64_t s) {
     progress(c_, "interference: " + size_label(s));
-    checkpoint_process p(process_opts(segment_for(s, c_.few_tensors), false));
-    p.wait_ready();
-    state_dict sd = make_shared_state(p, s, c_.few_tensors);
+    struct setup {
+      writer_variant v;
+      std::unique_ptr<checkpoint_process> p;
+      state_dict sd;
+      std::vector<double> idle, busy, alone, loaded, cpu;
+    };
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     std::vector<unsigned> loads{1};
     if (cores > 1) loads.push_back(cores);
     for (unsigned threads : loads) {
-      std::vector<double> idle, busy, alone, loaded;
-      for (int r = 0; r < reps(); ++r) {
-        fs::path dir = scratch() / ("interference-" + std::to_string(r));
-        auto t0 = mono_ns();
-        p.write(sd, dir).get();
-        double lone = seconds_since(t0);
-        alone.push_back(lone);
-        fs::remove_all(dir);
-        {
-          // The idle window lasts as long as a persist, so both rates see the same turbo and
-          // thermal state. Sleeping here is the measurement window, not a synchronisation.
-          ckpt_bench::compute_load load(threads);
-          std::this_thread::sleep_for(std::chrono::duration<double>(std::max(lone, 0.05)));
-          idle.push_back(load.stop() * ckpt_bench::compute_load::flops_per_block);
-        }
-        {
-          ckpt_bench::compute_load load(threads);
-          auto t1 = mono_ns();
-          p.write(sd, dir).get();
-          loaded.push_back(seconds_since(t1));
-          busy.push_back(load.stop() * ckpt_bench::compute_load::flops_per_block);
-        }
-        fs::remove_all(dir);
+      std::vector<setup> setups;
+      for (const auto& name : c_.variants) {
+        setup u;
+        u.v = parse_variant(name);
+        auto o = process_opts(segment_for(s, c_.few_tensors), false);
+        for (const auto& [k, val] : u.v.writer_args) o.writer_args[k] = val;
+        if (name != "default") o.priority = u.v.priority;
+        u.p = std::make_unique<checkpoint_process>(o);
+        u.p->wait_ready();
+        u.sd = make_shared_state(*u.p, s, c_.few_tensors);
+        setups.push_back(std::move(u));
       }
-      bool core_free = threads < cores;
-      figure f;
-      f.id = threads == 1 ? "interference_one_thread" : "interference_all_cores";
-      f.name = "trainer compute while the child persists, " + std::to_string(threads) +
-               (threads == 1 ? " thread" : " threads") +
-               (core_free ? " (a core left free)" : " (every core busy)");
-      f.size = s;
-      f.tensors = c_.few_tensors;
-      f.u = unit::flops;
-      f.value = summarize(busy);
-      f.baseline_label = "the same loop with nothing else running";
-      f.baseline = summarize(idle);
-      f.at_least(core_free ? 0.95 : 0.90);
-      add(f);
+      // Variants interleaved within each repetition, so that drift hits all of them alike.
+      for (int r = 0; r < reps(); ++r) {
+        for (auto& u : setups) {
+          fs::path dir = scratch() / ("interference-" + std::to_string(r));
+          double cpu0 = proc_cpu_seconds(u.p->child_pid());
+          auto t0 = mono_ns();
+          u.p->write(u.sd, dir).get();
+          double lone = seconds_since(t0);
+          u.alone.push_back(lone);
+          u.cpu.push_back(proc_cpu_seconds(u.p->child_pid()) - cpu0);
+          fs::remove_all(dir);
+          {
+            // The idle window lasts as long as a persist, so both rates see the same turbo and
+            // thermal state. Sleeping here is the measurement window, not a synchronisation.
+            ckpt_bench::compute_load load(threads);
+            std::this_thread::sleep_for(std::chrono::duration<double>(std::max(lone, 0.05)));
+            u.idle.push_back(load.stop() * ckpt_bench::compute_load::flops_per_block);
+          }
+          {
+            ckpt_bench::compute_load load(threads);
+            auto t1 = mono_ns();
+            u.p->write(u.sd, dir).get();
+            u.loaded.push_back(seconds_since(t1));
+            u.busy.push_back(load.stop() * ckpt_bench::compute_load::flops_per_block);
+          }
+          fs::remove_all(dir);
+        }
+      }
+      for (auto& u : setups) {
+        const bool main_variant = u.v.name == "default";
+        const std::string suffix = main_variant ? "" : "@" + u.v.name;
+        const std::string label = main_variant ? "" : " [" + u.v.name + "]";
+        bool core_free = threads < cores;
+        figure f;
+        f.id = (threads == 1 ? "interference_one_thread" : "interference_all_cores") + suffix;
+        f.name = "trainer compute while the child persists, " + std::to_string(threads) +
+                 (threads == 1 ? " thread" : " threads") +
+                 (core_free ? " (a core left free)" : " (every core busy)") + label;
+        f.size = s;
+        f.tensors = c_.few_tensors;
+        f.u = unit::flops;
+        f.value = summarize(u.busy);
+        f.baseline_label = "the same loop with nothing else running";
+        f.baseline = summarize(u.idle);
+        f.at_least(core_free ? 0.95 : 0.90);
+        add(f);
 
-      figure g;
-      g.id = threads == 1 ? "persist_under_load_one_thread" : "persist_under_load_all_cores";
-      g.name = "persist time beside that trainer load, " + std::to_string(threads) +
-               (threads == 1 ? " thread" : " threads");
-      g.size = s;
-      g.tensors = c_.few_tensors;
-      g.value = summarize(loaded);
-      g.baseline_label = "the same persist with no trainer load";
-      g.baseline = summarize(alone);
-      g.at_most(1.5);
-      add(g);
+        figure g;
+        g.id = (threads == 1 ? "persist_under_load_one_thread" : "persist_under_load_all_cores") +
+               suffix;
+        g.name = "persist time beside that trainer load, " + std::to_string(threads) +
+                 (threads == 1 ? " thread" : " threads") + label;
+        g.size = s;
+        g.tensors = c_.few_tensors;
+        g.value = summarize(u.loaded);
+        g.baseline_label = "the same persist with no trainer load";
+        g.baseline = summarize(u.alone);
+        g.at_most(1.5);
+        add(g);
+
+        if (threads == loads.front()) {
+          figure h;
+          h.id = "child_cpu_per_persist" + suffix;
+          h.name = "checkpoint child CPU time (user + system) per lone persist" + label;
+          h.size = s;
+          h.tensors = c_.few_tensors;
+          h.value = summarize(u.cpu);
+          h.st = status::info;
+          h.target = "(what the child takes from the trainer's cores; 10 ms ticks)";
+          char note[128];
+          std::snprintf(note, sizeof note, "%.0f%% of the lone persist's wall time",
+                        100.0 * summarize(u.cpu).median / summarize(u.alone).median);
+          h.note = note;
+          add(h);
+        }
+      }
+      for (auto& u : setups) {
+        u.sd = {};
+        u.p->close();
+      }
     }
   }
 
@@ -1310,7 +1446,10 @@ int main(int argc, char** argv) {
       ("smoke", po::bool_switch(&c.smoke), "tiny sizes, one repetition (for CTest)")
       ("json", po::bool_switch(&c.json), "print JSON instead of the table")
       ("only", po::value(&c.only)->multitoken(),
-       "run only these sections (startup ping open handoff staging persist e2e load memory interference)");
+       "run only these sections (startup ping open handoff staging persist e2e load memory interference)")
+      ("variants", po::value(&c.variants)->multitoken(),
+       "writer set-ups the interference section compares (default: buffered default); each is "
+       "default, buffered or direct, then +nice<N> +batch +idle +normal +ioidle +iobe<L> +cpu<N>");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -1324,6 +1463,7 @@ int main(int argc, char** argv) {
       if (vm["reps"].defaulted()) c.reps = 1;
       c.latency_samples = 40;
     }
+    for (const auto& v : c.variants) parse_variant(v);  // reject a bad one before running
     std::stringstream ss(sizes_text);
     for (std::string part; std::getline(ss, part, ',');)
       if (!part.empty()) c.sizes.push_back(parse_size(part));

@@ -250,6 +250,12 @@ class checkpoint_saver {
     }
   }
 
+  // Whether a checkpoint is being written right now (staged, its write future not yet ready).
+  bool writing() const {
+    return !pending_.empty() &&
+           pending_.back().write.wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+  }
+
   // Reports the checkpoints that have become durable; throws the error of one that failed.
   void poll(std::int64_t current_step) {
     while (!pending_.empty() &&
@@ -435,8 +441,17 @@ int run(const demo_options& o, shmckpt::rank_info rank) {
   double loss_sum = 0.0;
   std::int64_t window_start = tr.step();
   const auto train_start = steady::now();
+  // The interference figure: each training step's time, split by whether a checkpoint was being
+  // written during all of it or during none of it (steps across a boundary are left out).
+  std::vector<double> step_ms_writing, step_ms_quiet;
   while (tr.step() < o.steps) {
+    const bool writing_before = saver && saver->writing();
+    const auto step_start = steady::now();
     loss_sum += tr.train_step();
+    const double step_ms = ms_between(step_start, steady::now());
+    const bool writing_after = saver && saver->writing();
+    if (writing_before && writing_after) step_ms_writing.push_back(step_ms);
+    else if (!writing_before && !writing_after) step_ms_quiet.push_back(step_ms);
     const auto step = tr.step();
     if (step % log_every == 0 || step == o.steps) {
       std::printf("step %5lld/%lld  train loss %.5f  eval loss %.5f  epoch %lld\n",
@@ -474,6 +489,16 @@ int run(const demo_options& o, shmckpt::rank_info rank) {
         stalls.size(), median(stalls), stalled_ms / 1000.0, train_s,
         train_s > 0 ? 100.0 * stalled_ms / 1000.0 / train_s : 0.0, saver->blocked_saves(),
         median(saver->durable_ms()));
+  if (!step_ms_writing.empty() && !step_ms_quiet.empty())
+    std::printf(
+        "interference: training ran at %.2fx of its speed while a checkpoint was being written "
+        "(median step %.3f ms during writes, %.3f ms otherwise; %zu and %zu steps)\n",
+        median(step_ms_quiet) / median(step_ms_writing), median(step_ms_writing),
+        median(step_ms_quiet), step_ms_writing.size(), step_ms_quiet.size());
+  else
+    std::printf("interference: not measured (no training step ran %s)\n",
+                step_ms_writing.empty() ? "entirely during a checkpoint write"
+                                        : "with no checkpoint being written");
   if (const auto& pids = saver->child_pids(); pids.size() > 1) {
     std::string list;
     for (int pid : pids) list += (list.empty() ? "" : ", ") + std::to_string(pid);
