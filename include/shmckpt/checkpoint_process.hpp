@@ -45,6 +45,8 @@
 
 namespace shmckpt {
 
+class commit_store;  // commit_store.hpp
+
 /// Which executable becomes the checkpoint child.
 enum class worker_binary {
   /// The installed `shmckpt-worker` (found beside libshmckpt, or at $SHMCKPT_WORKER). Only the
@@ -99,6 +101,16 @@ struct checkpoint_process_options {
   /// Fault every page of the segment in when it is created or grows, so copies into it run at
   /// memcpy speed instead of page-fault speed (about 7× slower on first touch).
   bool prefault = true;
+  /// Commit through this store, in this process, instead of the file barrier in the child
+  /// (commit_store.hpp): the default writer stops once its file is durable, and the write's
+  /// future resolves once the commit round through the store is over. Null: the file barrier.
+  std::shared_ptr<commit_store> store;
+  /// With a store: names this object's rounds, keys "<store_scope>/<n>/..." for its n-th
+  /// write(); the same on every rank. Empty: next_store_scope() at construction.
+  std::string store_scope;
+  /// With a store: how long a rank waits for the others (async_checkpointer sets it from
+  /// checkpointer_config::commit_timeout).
+  std::chrono::milliseconds commit_timeout{std::chrono::seconds(600)};
 };
 
 class checkpoint_process {

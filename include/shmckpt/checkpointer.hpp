@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "shmckpt/checkpoint_process.hpp"
+#include "shmckpt/commit.hpp"
 #include "shmckpt/stager.hpp"
 #include "shmckpt/state_dict.hpp"
 #include "shmckpt/types.hpp"
@@ -51,6 +52,12 @@ struct checkpointer_config {
   /// Saving into a directory that already holds a complete checkpoint. A save's kwarg
   /// overwrite="true" allows it for that save alone.
   existing_checkpoint on_existing = existing_checkpoint::refuse;
+  /// Commit through the job's distributed engine instead of the file barrier (commit_store.hpp):
+  /// the commit runs in this process on a thread of the library. Null: the file barrier.
+  std::shared_ptr<commit_store> store;
+  /// With a store: names this checkpointer's rounds in it, the same on every rank (empty:
+  /// next_store_scope(), which counts the checkpointers with a store made in this process).
+  std::string store_scope;
 };
 
 /// Rank and world size from the launcher's environment: RANK/WORLD_SIZE (torchrun),
@@ -129,6 +136,8 @@ class sync_checkpointer {
  private:
   checkpointer_config config_;
   rank_info rank_;
+  std::uint64_t saves_ = 0;            // with a store: the round of the next save
+  std::shared_ptr<writer_hook> hook_;  // with a store: runs here
 };
 
 /// Factories; `rank` defaults to detect_rank_info().

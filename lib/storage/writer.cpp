@@ -43,7 +43,9 @@
 #include <string>
 #include <vector>
 
+#include "commit/manifest.hpp"
 #include "core/progress.hpp"
+#include "core/write_reply.hpp"
 #include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
 #include "io/temp_file.hpp"
@@ -274,6 +276,10 @@ class default_writer final : public checkpoint_writer {
                                               std::to_string(rank_.world_size));
     timeout_ = std::chrono::milliseconds(int_arg(args, "commit_timeout_ms", 600000, 0));
     overwrite_ = bool_arg(args, "overwrite", false);
+    // "commit" = "parent": the parent commits through its store (lib/parent/parent_commit.hpp)
+    // and runs the hook; this writer stops once its file is durable and describes it.
+    parent_commits_ = args.count("commit") && args.at("commit") == "parent";
+    if (parent_commits_) return;
     if (auto it = args.find("hook"); it != args.end() && !it->second.empty())
       hook_ = make_writer_hook(it->second, args);
     barrier_ = make_file_barrier();
@@ -307,12 +313,13 @@ class default_writer final : public checkpoint_writer {
         throw_error(errc::io_error, "cannot retire the old manifest in '" + path.string() +
                                         "': " + os_message(errno));
     }
-    barrier_->begin(path, rank_);
+    if (barrier_) barrier_->begin(path, rank_);
     safetensors_write_options options;
     options.cancel = cancel_;
     write_safetensors(checkpoint_file_path(path, rank_.rank), sd, options);
     rank_file me = describe_rank_file(path, rank_.rank);
     me.round = round;
+    if (parent_commits_) return detail::set_write_reply(detail::rank_file_json(me));
     commit_checkpoint(path, me, rank_, *barrier_, hook_.get(), kw, timeout_);
   }
 
@@ -321,6 +328,7 @@ class default_writer final : public checkpoint_writer {
   const std::atomic<bool>* cancel_;
   std::chrono::milliseconds timeout_;
   bool overwrite_ = false;
+  bool parent_commits_ = false;
   std::unique_ptr<writer_hook> hook_;
   std::unique_ptr<barrier> barrier_;
 };
