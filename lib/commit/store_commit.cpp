@@ -206,7 +206,7 @@ void rank0(commit_store& s, const store_round& round, const fs::path& dir, const
       throw error(errc::timeout,
                   barrier_timeout_message(dir, round, o.timeout, missing, rank.world_size));
   } catch (const error& e) {
-    remove_quietly(s, mine);
+    // rank 0's arrival stays: ranks timing out on their own then do not name it as missing.
     if (e.kind() == errc::closed) throw;
     fail(e);
   }
