@@ -248,9 +248,9 @@ std::map<int, std::string> read_arrivals(const fs::path& cdir, const std::vector
   return out;
 }
 
-std::vector<int> other_ranks(int world) {
+std::vector<int> all_ranks(int world) {
   std::vector<int> out;
-  for (int r = 1; r < world; ++r) out.push_back(r);
+  for (int r = 0; r < world; ++r) out.push_back(r);
   return out;
 }
 
@@ -378,7 +378,7 @@ class file_barrier final : public barrier {
     // flight a moment, so that the message names only ranks that really never arrived.
     if (rank.rank != 0) std::this_thread::sleep_for(2 * poll_max);
     std::set<int> present;
-    for (auto& [r, t] : read_arrivals(cdir, other_ranks(rank.world_size)))
+    for (auto& [r, t] : read_arrivals(cdir, all_ranks(rank.world_size)))
       if (!mismatch.count(r)) present.insert(r);
     present.insert(rank.rank);
     auto missing = missing_ranks(present, rank.world_size);
