@@ -76,7 +76,7 @@ BOOST_AUTO_TEST_CASE(three_ranks_commit_through_a_store_without_any_commit_direc
   std::map<int, rank_file> files;
   for (int r = 0; r < 3; ++r) files[r] = write_rank(dir, r, 1.0f + r);
   auto res = run_ranks({0, 1, 2}, [&](int r) {
-    commit_through_store(*store, {"t", 1}, dir, files[r], {r, 3}, quick());
+    commit_through_store(*store, store_round{"t/1", ""}, dir, files[r], {r, 3}, quick());
   });
   for (auto& [r, why] : res) BOOST_TEST(why == "", "rank " << r);
   auto m = verify_checkpoint(dir);
@@ -93,7 +93,7 @@ BOOST_AUTO_TEST_CASE(one_rank_commits_alone) {
   temp_dir tmp;
   auto store = make_memory_store();
   auto me = write_rank(tmp / "a", 0, 1.0f);
-  commit_through_store(*store, {"t", 1}, tmp / "a", me, {0, 1}, quick());
+  commit_through_store(*store, store_round{"t/1", ""}, tmp / "a", me, {0, 1}, quick());
   BOOST_TEST(is_complete(tmp / "a"));
 }
 
@@ -104,7 +104,7 @@ BOOST_AUTO_TEST_CASE(a_rank_that_never_arrives_is_named_and_no_manifest_appears)
   std::map<int, rank_file> files;
   for (int r = 0; r < 2; ++r) files[r] = write_rank(dir, r, 1.0f);
   auto res = run_ranks({0, 1}, [&](int r) {
-    commit_through_store(*store, {"t", 1}, dir, files[r], {r, 3}, quick(300ms));
+    commit_through_store(*store, store_round{"t/1", ""}, dir, files[r], {r, 3}, quick(300ms));
   });
   for (int r : {0, 1}) {
     BOOST_TEST(res[r].find("rank(s) 2 of 3 never arrived") != std::string::npos, res[r]);
@@ -119,7 +119,7 @@ BOOST_AUTO_TEST_CASE(the_timeout_error_carries_the_timeout_code) {
   auto store = make_memory_store();
   auto me = write_rank(tmp / "a", 1, 1.0f);
   expect_err(errc::timeout, "rank(s) 0, 2 of 3 never arrived", [&] {
-    commit_through_store(*store, {"t", 1}, tmp / "a", me, {1, 3}, quick(200ms));
+    commit_through_store(*store, store_round{"t/1", ""}, tmp / "a", me, {1, 3}, quick(200ms));
   });
 }
 
@@ -131,12 +131,12 @@ BOOST_AUTO_TEST_CASE(rounds_never_mix_a_failed_rounds_leftovers_are_ignored) {
   std::map<int, rank_file> first;
   for (int r = 0; r < 3; ++r) first[r] = write_rank(dir, r, 1.0f);
   auto res = run_ranks({0, 1}, [&](int r) {
-    commit_through_store(*store, {"t", 1}, dir, first[r], {r, 3}, quick(300ms));
+    commit_through_store(*store, store_round{"t/1", ""}, dir, first[r], {r, 3}, quick(300ms));
   });
   BOOST_TEST(res[0].find("rank(s) 2 of 3 never arrived") != std::string::npos, res[0]);
   // Rank 2 arrives in round 1 after all: rank 0's failure reaches it at once, with the reason.
   expect_err(errc::timeout, "rank 0 failed the commit", [&] {
-    commit_through_store(*store, {"t", 1}, dir, first[2], {2, 3}, quick(30s));
+    commit_through_store(*store, store_round{"t/1", ""}, dir, first[2], {2, 3}, quick(30s));
   });
   BOOST_TEST(!fs::exists(dir / manifest_name));
   // A leftover of round 1 that looks like round 2's (rank 1's stale arrival under round 2's
@@ -148,7 +148,7 @@ BOOST_AUTO_TEST_CASE(rounds_never_mix_a_failed_rounds_leftovers_are_ignored) {
   for (int r = 0; r < 3; ++r) second[r] = write_rank(dir, r, 2.0f);
   auto res2 = run_ranks({0, 1, 2}, [&](int r) {
     if (r == 1) std::this_thread::sleep_for(50ms);  // lets rank 0 meet the stale arrival first
-    commit_through_store(*store, {"t", 2}, dir, second[r], {r, 3}, quick());
+    commit_through_store(*store, store_round{"t/2", "t/1"}, dir, second[r], {r, 3}, quick());
   });
   for (auto& [r, why] : res2) BOOST_TEST(why == "", "rank " << r);
   auto m = verify_checkpoint(dir);
@@ -163,9 +163,9 @@ BOOST_AUTO_TEST_CASE(ranks_out_of_step_fail_the_round_without_a_manifest) {
   auto b = write_rank(tmp / "b", 1, 1.0f);
   auto res = run_ranks({0, 1}, [&](int r) {
     if (r == 0)
-      commit_through_store(*store, {"t", 1}, tmp / "a", a, {0, 2}, quick());
+      commit_through_store(*store, store_round{"t/1", ""}, tmp / "a", a, {0, 2}, quick());
     else
-      commit_through_store(*store, {"t", 1}, tmp / "b", b, {1, 2}, quick());
+      commit_through_store(*store, store_round{"t/1", ""}, tmp / "b", b, {1, 2}, quick());
   });
   BOOST_TEST(res[0].find("saves out of step") != std::string::npos, res[0]);
   BOOST_TEST(res[1].find("rank 0 failed the commit") != std::string::npos, res[1]);
@@ -186,9 +186,9 @@ BOOST_AUTO_TEST_CASE(a_manifest_without_this_ranks_token_is_not_success) {
                                  R"({"rank":1,"file":"checkpoint_1.safetensors","bytes":)" +
                                  std::to_string(other.bytes) + R"(,"checksum":")" +
                                  other.checksum + R"(","round":")" + other.round + R"("}})");
-  commit_through_store(*store, {"t", 1}, dir, f0, {0, 2}, quick());
+  commit_through_store(*store, store_round{"t/1", ""}, dir, f0, {0, 2}, quick());
   expect_err(errc::invalid_argument, "does not list rank 1's file of this round", [&] {
-    commit_through_store(*store, {"t", 1}, dir, f1, {1, 2}, quick());
+    commit_through_store(*store, store_round{"t/1", ""}, dir, f1, {1, 2}, quick());
   });
 }
 
@@ -200,7 +200,7 @@ BOOST_AUTO_TEST_CASE(a_cancelled_commit_stops_with_closed) {
   auto o = quick(600s);
   o.cancel = &cancel;
   auto f = std::async(std::launch::async, [&] {
-    commit_through_store(*store, {"t", 1}, tmp / "a", me, {0, 2}, o);
+    commit_through_store(*store, store_round{"t/1", ""}, tmp / "a", me, {0, 2}, o);
   });
   cancel = true;
   expect_err(errc::closed, "checkpointer was closed", [&] { f.get(); });
@@ -337,4 +337,23 @@ BOOST_AUTO_TEST_CASE(close_abandons_a_commit_waiting_for_ranks_that_never_come) 
   BOOST_CHECK_THROW(ck.close(), error);  // within shutdown_timeout, not commit_timeout
   expect_err(errc::closed, "", [&] { f.write.get(); });
   BOOST_TEST(!fs::exists(tmp / "a" / manifest_name));
+}
+
+BOOST_AUTO_TEST_CASE(a_save_one_rank_never_made_fails_only_its_own_directory) {
+  // Rounds are counted per directory: a save that one rank skipped (it threw before it was
+  // counted, say) fails that checkpoint, and the next one commits on every rank again.
+  temp_dir tmp;
+  auto store = make_memory_store();
+  std::vector<std::unique_ptr<sync_checkpointer>> cks;
+  for (int r = 0; r < 3; ++r) {
+    auto c = store_config(store, "skip");
+    c.commit_timeout = 500ms;
+    cks.push_back(std::make_unique<sync_checkpointer>(c, rank_info{r, 3}));
+  }
+  auto res = run_ranks({0, 2}, [&](int r) { cks[r]->save(tmp / "d1", state(1.0f, r)); });
+  BOOST_TEST(res[0].find("rank(s) 1 of 3 never arrived") != std::string::npos, res[0]);
+  BOOST_TEST(!fs::exists(tmp / "d1" / manifest_name));
+  auto res2 = run_ranks({0, 1, 2}, [&](int r) { cks[r]->save(tmp / "d2", state(2.0f, r)); });
+  for (auto& [r, why] : res2) BOOST_TEST(why == "", "rank " << r);
+  BOOST_TEST(is_complete(tmp / "d2"));
 }

@@ -23,6 +23,7 @@
 
 #include <filesystem>
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -136,8 +137,10 @@ class sync_checkpointer {
  private:
   checkpointer_config config_;
   rank_info rank_;
-  std::uint64_t saves_ = 0;            // with a store: the round of the next save
-  std::shared_ptr<writer_hook> hook_;  // with a store: runs here
+  // With a store: saves per directory (their rounds), the previous round, the hook.
+  std::map<std::string, std::uint64_t> attempts_;
+  std::string previous_round_;
+  std::shared_ptr<writer_hook> hook_;
 };
 
 /// Factories; `rank` defaults to detect_rank_info().

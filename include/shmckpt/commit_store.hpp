@@ -9,18 +9,18 @@
 // shared by all ranks, with `set` and a `get` that waits for a key up to a deadline. The barrier
 // algorithm on top is the library's (commit_through_store), the same for every engine:
 //
-//   every rank r ≠ 0:  set("<scope>/<n>/arrive/<r>", its rank file: name, size, header checksum,
+//   every rank r ≠ 0:  set("<round>/arrive/<r>", its rank file: name, size, header checksum,
 //                       round token, directory, world size)
 //   rank 0:            get every arrival (deadline: commit_timeout), check each against the
 //                       file on disk (as the file barrier does), publish checkpoint.json, then
-//                       set("<scope>/<n>/outcome", "ok" + the manifest) — or "failed" + why
+//                       set("<round>/outcome", "ok" + the manifest) — or "failed" + why
 //   every rank r ≠ 0:  get the outcome, check that the manifest lists its own file and round
 //                       token; then its write future resolves
 //
-// Rounds. `<scope>/<n>` names the n-th save of one checkpointer; every rank computes it alone
-// (no extra communication), so ranks must save equally often, and create their checkpointers
-// in the same order (the default scope counts them per process). A failed round's keys are never
-// read again; an arrival naming another directory or world size fails the round ("saves out of
+// Rounds. A round is named by the checkpointer's scope, the directory and how many times this
+// checkpointer has saved into it (store_round_key); every rank computes it alone (no extra
+// communication), so ranks must make the same saves, and create their checkpointers in the same
+// order (the default scope counts them per process). A failed round's keys are never read again; an arrival naming another directory or world size fails the round ("saves out of
 // step"); the round tokens are verified as for the file barrier. Rank 0 removes the previous
 // round's outcome once every rank has arrived in the next one, and ranks remove their own
 // arrival once the round is over, where the store supports `remove`.
@@ -70,13 +70,21 @@ class commit_store {
 /// A store inside this process (threads standing for ranks, tests). Thread-safe.
 std::shared_ptr<commit_store> make_memory_store();
 
-/// One commit round in a store: keys "<scope>/<seq>/...".
+/// One commit round in a store.
 struct store_round {
-  /// The same on every rank; unique per checkpointer sharing the store.
-  std::string scope = "shmckpt";
-  /// The n-th save of that checkpointer, from 1.
-  std::uint64_t seq = 1;
+  /// Names the round: its keys are "<key>/arrive/<rank>" and "<key>/outcome". The same on every
+  /// rank for the same save, and never used for another save (see store_round_key).
+  std::string key;
+  /// The key of the same checkpointer's previous round, or empty: rank 0 removes that round's
+  /// outcome once every rank has arrived in this one (every rank has read it by then).
+  std::string previous;
 };
+
+/// The key of the `attempt`-th save (from 1) into `dir` by the checkpointer named `scope`:
+/// "<scope>/<XXH3 of dir>.<attempt>". Counting per directory keeps ranks in step after a save
+/// that failed on one rank before it was counted there: only that directory's rounds disagree.
+std::string store_round_key(const std::string& scope, const std::filesystem::path& dir,
+                            std::uint64_t attempt);
 
 struct store_commit_options {
   /// How long a rank waits for the others (and for rank 0's outcome).

@@ -157,7 +157,8 @@ sync_checkpointer::sync_checkpointer(checkpointer_config config, rank_info rank)
 }
 
 void sync_checkpointer::save(const fs::path& path, const state_dict& sd, const kwargs& kw) {
-  const auto seq = ++saves_;  // counted even if this save fails: ranks stay in step
+  // Counted even if this save fails: ranks stay in step.
+  const auto attempt = config_.store ? ++attempts_[path.lexically_normal().string()] : 0;
   auto args = writer_args_for(config_, rank_);
   if (config_.store) args["commit"] = "parent";
   auto writer = make_default_writer(args);
@@ -170,7 +171,9 @@ void sync_checkpointer::save(const fs::path& path, const state_dict& sd, const k
   o.timeout = config_.commit_timeout;
   o.hook = hook_.get();
   o.kw = kw;
-  commit_through_store(*config_.store, store_round{config_.store_scope, seq}, path, me, rank_, o);
+  store_round round{store_round_key(config_.store_scope, path, attempt), previous_round_};
+  previous_round_ = round.key;
+  commit_through_store(*config_.store, round, path, me, rank_, o);
 }
 
 load_result sync_checkpointer::load(const fs::path& path, const load_options& options) const {

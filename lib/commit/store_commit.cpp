@@ -2,7 +2,10 @@
 // every store shares, and the in-process store.
 #include "shmckpt/commit_store.hpp"
 
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <boost/json.hpp>
 #include <condition_variable>
 #include <map>
@@ -29,13 +32,9 @@ constexpr auto get_slice = 100ms;
 constexpr auto recheck_first = 2ms;
 constexpr auto recheck_max = 200ms;
 
-std::string key_of(const store_round& r, std::uint64_t seq, const std::string& tail) {
-  return r.scope + "/" + std::to_string(seq) + "/" + tail;
-}
+std::string key_of(const std::string& round, const std::string& tail) { return round + "/" + tail; }
 
-std::string round_name(const store_round& r) {
-  return "store round " + r.scope + "/" + std::to_string(r.seq);
-}
+std::string round_name(const store_round& r) { return "store round " + r.key; }
 
 // now + d without overflowing for "forever".
 clock_type::time_point deadline_in(std::chrono::milliseconds d) {
@@ -138,7 +137,7 @@ std::string barrier_timeout_message(const fs::path& dir, const store_round& roun
 
 void rank0(commit_store& s, const store_round& round, const fs::path& dir, const rank_file& me,
            rank_info rank, const store_commit_options& o) {
-  const auto outcome = key_of(round, round.seq, "outcome");
+  const auto outcome = key_of(round.key, "outcome");
   // Whatever fails the round here reaches the other ranks at once, with its reason.
   auto fail = [&](const error& e) {
     try {
@@ -155,7 +154,7 @@ void rank0(commit_store& s, const store_round& round, const fs::path& dir, const
   } catch (const std::exception& e) {
     fail(error(errc::child_failed, std::string("pre-commit hook failed: ") + e.what()));
   }
-  const auto mine = key_of(round, round.seq, "arrive/0");
+  const auto mine = key_of(round.key, "arrive/0");
   store_call("set", mine, [&] {
     s.set(mine, arrival_text(dir, me, rank));
     return 0;
@@ -165,7 +164,7 @@ void rank0(commit_store& s, const store_round& round, const fs::path& dir, const
   std::vector<int> missing;
   try {
     for (int r = 1; r < rank.world_size; ++r) {
-      const auto k = key_of(round, round.seq, "arrive/" + std::to_string(r));
+      const auto k = key_of(round.key, "arrive/" + std::to_string(r));
       // Past the deadline this only asks, so the message names exactly the ranks not there.
       auto v = get_until(s, k, deadline, o, dir);
       if (!v) {
@@ -211,7 +210,7 @@ void rank0(commit_store& s, const store_round& round, const fs::path& dir, const
     fail(e);
   }
   // Every rank has arrived in this round, so every rank is done with the previous one.
-  if (round.seq > 1) remove_quietly(s, key_of(round, round.seq - 1, "outcome"));
+  if (!round.previous.empty()) remove_quietly(s, key_of(round.previous, "outcome"));
   std::string text;
   try {
     text = detail::publish_manifest(dir, std::move(all), rank.world_size);
@@ -230,7 +229,7 @@ void rank0(commit_store& s, const store_round& round, const fs::path& dir, const
 void other_rank(commit_store& s, const store_round& round, const fs::path& dir,
                 const rank_file& me, rank_info rank, const store_commit_options& o) {
   if (o.hook) o.hook->pre_commit(dir, o.kw);  // throwing: this rank never arrives
-  const auto mine = key_of(round, round.seq, "arrive/" + std::to_string(rank.rank));
+  const auto mine = key_of(round.key, "arrive/" + std::to_string(rank.rank));
   store_call("set", mine, [&] {
     s.set(mine, arrival_text(dir, me, rank));
     return 0;
@@ -240,14 +239,14 @@ void other_rank(commit_store& s, const store_round& round, const fs::path& dir,
     const std::string& k;
     ~leave_guard() { remove_quietly(s, k); }  // rank 0 has read it, or the round is over
   } leave{s, mine};
-  const auto outcome = key_of(round, round.seq, "outcome");
+  const auto outcome = key_of(round.key, "outcome");
   auto v = get_until(s, outcome, deadline_in(o.timeout), o, dir);
   if (!v) {
     // Name who is missing, as rank 0 would: ask for every arrival once, without waiting.
     std::vector<int> missing;
     for (int r = 0; r < rank.world_size; ++r) {
       if (r == rank.rank) continue;
-      const auto k = key_of(round, round.seq, "arrive/" + std::to_string(r));
+      const auto k = key_of(round.key, "arrive/" + std::to_string(r));
       if (!store_call("get", k, [&] { return s.get(k, clock_type::time_point::min()); }))
         missing.push_back(r);
     }
@@ -313,6 +312,14 @@ class memory_store final : public commit_store {
 
 std::shared_ptr<commit_store> make_memory_store() { return std::make_shared<memory_store>(); }
 
+std::string store_round_key(const std::string& scope, const fs::path& dir, std::uint64_t attempt) {
+  const std::string d = dir.string();
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx",
+                static_cast<unsigned long long>(XXH3_64bits(d.data(), d.size())));
+  return scope + "/" + hex + "." + std::to_string(attempt);
+}
+
 std::string next_store_scope() {
   static std::atomic<std::uint64_t> n{0};
   return "ckpt" + std::to_string(++n);
@@ -323,9 +330,8 @@ void commit_through_store(commit_store& store, const store_round& round, const f
   if (rank.world_size < 1 || rank.rank < 0 || rank.rank >= rank.world_size)
     throw_error(errc::invalid_argument, "rank " + std::to_string(rank.rank) + " of world size " +
                                             std::to_string(rank.world_size) + " is not valid");
-  if (round.scope.empty() || round.seq < 1)
-    throw_error(errc::invalid_argument,
-                "a store round needs a scope and a sequence number from 1");
+  if (round.key.empty())
+    throw_error(errc::invalid_argument, "a store round needs a key (store_round_key)");
   reject_nul(dir, "checkpoint directory");
   if (rank.rank == 0)
     rank0(store, round, dir, me, rank, o);

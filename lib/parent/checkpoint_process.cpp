@@ -204,7 +204,7 @@ struct job {
   std::filesystem::path path;
   kwargs kw;
   std::vector<std::byte> frame;
-  std::uint64_t commit_seq = 0;  // the n-th write(): its round in the commit store
+  std::uint64_t commit_attempt = 0;  // the n-th write() into `path`: its round in the store
 };
 
 // One incarnation of the checkpoint child.
@@ -297,7 +297,16 @@ struct checkpoint_process::impl {
   std::filesystem::path exe;
   // With a commit store: commits in this process after the child made the file durable.
   std::unique_ptr<detail::parent_committer> committer;
-  std::atomic<std::uint64_t> writes_started{0};
+  std::mutex attempts_m;
+  std::map<std::string, std::uint64_t> attempts;  // (attempts_m) write() calls per directory
+
+  // The n-th write() into `dir`: its round in the commit store (counted even if the write
+  // fails later, so that ranks stay in step).
+  std::uint64_t next_attempt(const std::filesystem::path& dir) {
+    if (!committer) return 0;
+    std::lock_guard g(attempts_m);
+    return ++attempts[dir.lexically_normal().string()];
+  }
 
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
@@ -645,11 +654,11 @@ struct checkpoint_process::impl {
                                         "': ");
     if (!failure && committer && j->type == proto_type::write_checkpoint && !r.payload.empty()) {
       // Durable; the commit through the store resolves the future (parent_commit.hpp).
-      auto seq = j->commit_seq;
+      auto attempt = j->commit_attempt;
       auto path = j->path;
       auto kw = j->kw;
       j.reset();
-      committer->submit(seq, std::move(path), std::move(kw),
+      committer->submit(attempt, std::move(path), std::move(kw),
                         std::string(reinterpret_cast<const char*>(r.payload.data()),
                                     r.payload.size()),
                         std::move(done));
@@ -1176,10 +1185,10 @@ void checkpoint_process::wait_ready() { impl_->wait_ready(); }
 
 std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path path,
                                             kwargs kw) {
-  const auto seq = ++impl_->writes_started;  // counted even if it fails: ranks stay in step
+  const auto attempt = impl_->next_attempt(path);  // counted even if it fails: ranks stay in step
   wait_ready();
   auto j = std::make_shared<job>();
-  j->commit_seq = seq;
+  j->commit_attempt = attempt;
   j->path = std::move(path);
   j->kw = std::move(kw);
   try {
@@ -1200,10 +1209,10 @@ std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path
 
 std::future<void> checkpoint_process::write(std::shared_future<state_dict> sd,
                                             std::filesystem::path path, kwargs kw) {
-  const auto seq = ++impl_->writes_started;
+  const auto attempt = impl_->next_attempt(path);
   wait_ready();
   auto j = std::make_shared<job>();
-  j->commit_seq = seq;
+  j->commit_attempt = attempt;
   j->path = std::move(path);
   j->kw = std::move(kw);
   j->pending = std::move(sd);

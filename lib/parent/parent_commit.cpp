@@ -22,12 +22,12 @@ parent_committer::parent_committer(settings s) : s_(std::move(s)) {
 
 parent_committer::~parent_committer() { close(std::chrono::steady_clock::now()); }
 
-void parent_committer::submit(std::uint64_t seq, std::filesystem::path dir, kwargs kw,
+void parent_committer::submit(std::uint64_t attempt, std::filesystem::path dir, kwargs kw,
                               std::string reply, std::promise<void> done) {
   {
     std::lock_guard g(m_);
     if (!closing_) {
-      queue_.push_back({seq, std::move(dir), std::move(kw), std::move(reply), std::move(done)});
+      queue_.push_back({attempt, std::move(dir), std::move(kw), std::move(reply), std::move(done)});
       cv_.notify_all();
       return;
     }
@@ -64,7 +64,9 @@ void parent_committer::commit(item& it) {
     o.hook = hook_.get();
     o.kw = it.kw;
     o.cancel = &cancel_;
-    commit_through_store(*s_.store, store_round{s_.scope, it.seq}, it.dir, me, s_.rank, o);
+    store_round round{store_round_key(s_.scope, it.dir, it.attempt), previous_};
+    previous_ = round.key;
+    commit_through_store(*s_.store, round, it.dir, me, s_.rank, o);
   } catch (const error&) {
     it.done.set_exception(std::current_exception());
     return;

@@ -43,9 +43,9 @@ class parent_committer {
   parent_committer(const parent_committer&) = delete;
   parent_committer& operator=(const parent_committer&) = delete;
 
-  /// Commits `dir` as round `seq` with the child's `reply` (rank_file JSON), then resolves
-  /// `done`. After close, fails `done` with error(closed).
-  void submit(std::uint64_t seq, std::filesystem::path dir, kwargs kw, std::string reply,
+  /// Commits the `attempt`-th save into `dir` (store_round_key) with the child's `reply`
+  /// (rank_file JSON), then resolves `done`. After close, fails `done` with error(closed).
+  void submit(std::uint64_t attempt, std::filesystem::path dir, kwargs kw, std::string reply,
               std::promise<void> done);
 
   /// Lets queued commits finish until `deadline`, then abandons the one running (within about
@@ -54,7 +54,7 @@ class parent_committer {
 
  private:
   struct item {
-    std::uint64_t seq;
+    std::uint64_t attempt;
     std::filesystem::path dir;
     kwargs kw;
     std::string reply;
@@ -65,6 +65,7 @@ class parent_committer {
 
   settings s_;
   std::unique_ptr<writer_hook> hook_;
+  std::string previous_;  // the commit thread's: the key of the round before
   std::atomic<bool> cancel_{false};
   std::mutex m_;
   std::condition_variable cv_;
