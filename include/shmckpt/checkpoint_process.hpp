@@ -105,8 +105,8 @@ struct checkpoint_process_options {
   /// (commit_store.hpp): the default writer stops once its file is durable, and the write's
   /// future resolves once the commit round through the store is over. Null: the file barrier.
   std::shared_ptr<commit_store> store;
-  /// With a store: names this object's rounds, keys "<store_scope>/<n>/..." for its n-th
-  /// write(); the same on every rank. Empty: next_store_scope() at construction.
+  /// With a store: names this object's rounds (store_round_key: the scope, the directory, the
+  /// n-th write() into it); the same on every rank. Empty: next_store_scope() at construction.
   std::string store_scope;
   /// With a store: how long a rank waits for the others (async_checkpointer sets it from
   /// checkpointer_config::commit_timeout).
