@@ -104,7 +104,7 @@ BOOST_AUTO_TEST_CASE(a_rank_that_never_arrives_is_named_and_no_manifest_appears)
   std::map<int, rank_file> files;
   for (int r = 0; r < 2; ++r) files[r] = write_rank(dir, r, 1.0f);
   auto res = run_ranks({0, 1}, [&](int r) {
-    commit_through_store(*store, store_round{"t/1", ""}, dir, files[r], {r, 3}, quick(300ms));
+    commit_through_store(*store, store_round{"t/1", ""}, dir, files[r], {r, 3}, quick(1500ms));
   });
   for (int r : {0, 1}) {
     BOOST_TEST(res[r].find("rank(s) 2 of 3 never arrived") != std::string::npos, res[r]);
@@ -131,7 +131,7 @@ BOOST_AUTO_TEST_CASE(rounds_never_mix_a_failed_rounds_leftovers_are_ignored) {
   std::map<int, rank_file> first;
   for (int r = 0; r < 3; ++r) first[r] = write_rank(dir, r, 1.0f);
   auto res = run_ranks({0, 1}, [&](int r) {
-    commit_through_store(*store, store_round{"t/1", ""}, dir, first[r], {r, 3}, quick(300ms));
+    commit_through_store(*store, store_round{"t/1", ""}, dir, first[r], {r, 3}, quick(1500ms));
   });
   BOOST_TEST(res[0].find("rank(s) 2 of 3 never arrived") != std::string::npos, res[0]);
   // Rank 2 arrives in round 1 after all: rank 0's failure reaches it at once, with the reason.
@@ -276,14 +276,14 @@ BOOST_AUTO_TEST_CASE(an_async_rank_that_never_saves_fails_the_others_after_commi
   std::vector<std::unique_ptr<async_checkpointer>> cks;
   for (int r = 0; r < 2; ++r) {
     auto c = store_config(store, "absent");
-    c.commit_timeout = 500ms;
+    c.commit_timeout = 2s;
     cks.push_back(std::make_unique<async_checkpointer>(c, rank_info{r, 3}));
   }
   auto dir = tmp / "step_1";
   std::vector<async_checkpointer::save_futures> f;
   for (int r = 0; r < 2; ++r) f.push_back(cks[r]->save(dir, state(1.0f, r)));
   for (auto& x : f)
-    expect_err(errc::timeout, "rank(s) 2 of 3 never arrived", [&] { x.write.get(); });
+    expect_err(errc::timeout, "2 of 3 never arrived", [&] { x.write.get(); });
   BOOST_TEST(!fs::exists(dir / manifest_name));
   BOOST_TEST(!fs::exists(dir / ".commit"));
   // The next save reports the failure once, then works again with every rank... here only
@@ -347,11 +347,12 @@ BOOST_AUTO_TEST_CASE(a_save_one_rank_never_made_fails_only_its_own_directory) {
   std::vector<std::unique_ptr<sync_checkpointer>> cks;
   for (int r = 0; r < 3; ++r) {
     auto c = store_config(store, "skip");
-    c.commit_timeout = 500ms;
+    c.commit_timeout = 2s;
     cks.push_back(std::make_unique<sync_checkpointer>(c, rank_info{r, 3}));
   }
   auto res = run_ranks({0, 2}, [&](int r) { cks[r]->save(tmp / "d1", state(1.0f, r)); });
-  BOOST_TEST(res[0].find("rank(s) 1 of 3 never arrived") != std::string::npos, res[0]);
+  // Rank 1 is named (rank 2 too, should a loaded machine delay it past the timeout).
+  BOOST_TEST(res[0].find("rank(s) 1") != std::string::npos, res[0]);
   BOOST_TEST(!fs::exists(tmp / "d1" / manifest_name));
   auto res2 = run_ranks({0, 1, 2}, [&](int r) { cks[r]->save(tmp / "d2", state(2.0f, r)); });
   for (auto& [r, why] : res2) BOOST_TEST(why == "", "rank " << r);
