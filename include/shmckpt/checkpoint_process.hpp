@@ -45,6 +45,8 @@
 
 namespace shmckpt {
 
+class commit_store;  // commit_store.hpp
+
 /// Which executable becomes the checkpoint child.
 enum class worker_binary {
   /// The installed `shmckpt-worker` (found beside libshmckpt, or at $SHMCKPT_WORKER). Only the
@@ -145,6 +147,16 @@ struct checkpoint_process_options {
   /// The child's CPU and I/O priority (see child_priority; docs/benchmarks.md has the
   /// measurements behind the defaults).
   child_priority priority;
+  /// Commit through this store, in this process, instead of the file barrier in the child
+  /// (commit_store.hpp): the default writer stops once its file is durable, and the write's
+  /// future resolves once the commit round through the store is over. Null: the file barrier.
+  std::shared_ptr<commit_store> store;
+  /// With a store: names this object's rounds (store_round_key: the scope, the directory, the
+  /// n-th write() into it); the same on every rank. Empty: next_store_scope() at construction.
+  std::string store_scope;
+  /// With a store: how long a rank waits for the others (async_checkpointer sets it from
+  /// checkpointer_config::commit_timeout).
+  std::chrono::milliseconds commit_timeout{std::chrono::seconds(600)};
 };
 
 class checkpoint_process {

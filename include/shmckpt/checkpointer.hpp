@@ -23,12 +23,14 @@
 
 #include <filesystem>
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "shmckpt/checkpoint_process.hpp"
+#include "shmckpt/commit.hpp"
 #include "shmckpt/stager.hpp"
 #include "shmckpt/state_dict.hpp"
 #include "shmckpt/types.hpp"
@@ -51,6 +53,12 @@ struct checkpointer_config {
   /// Saving into a directory that already holds a complete checkpoint. A save's kwarg
   /// overwrite="true" allows it for that save alone.
   existing_checkpoint on_existing = existing_checkpoint::refuse;
+  /// Commit through the job's distributed engine instead of the file barrier (commit_store.hpp):
+  /// the commit runs in this process on a thread of the library. Null: the file barrier.
+  std::shared_ptr<commit_store> store;
+  /// With a store: names this checkpointer's rounds in it, the same on every rank (empty:
+  /// next_store_scope(), which counts the checkpointers with a store made in this process).
+  std::string store_scope;
 };
 
 /// Rank and world size from the launcher's environment: RANK/WORLD_SIZE (torchrun),
@@ -129,6 +137,10 @@ class sync_checkpointer {
  private:
   checkpointer_config config_;
   rank_info rank_;
+  // With a store: saves per directory (their rounds), the previous round, the hook.
+  std::map<std::string, std::uint64_t> attempts_;
+  std::string previous_round_;
+  std::shared_ptr<writer_hook> hook_;
 };
 
 /// Factories; `rank` defaults to detect_rank_info().

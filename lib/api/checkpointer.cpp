@@ -3,7 +3,10 @@
 #include <charconv>
 #include <cstdlib>
 
+#include "commit/manifest.hpp"
+#include "core/write_reply.hpp"
 #include "shmckpt/commit.hpp"
+#include "shmckpt/commit_store.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
 #include "shmckpt/writer.hpp"
@@ -84,6 +87,11 @@ rank_info detect_rank_info() {
 async_checkpointer::async_checkpointer(checkpointer_config config, rank_info rank) : rank_(rank) {
   config.process.rank = rank;
   config.process.writer_args = writer_args_for(config, rank);
+  if (config.store) {
+    config.process.store = config.store;
+    config.process.store_scope = config.store_scope;
+    config.process.commit_timeout = config.commit_timeout;
+  }
   process_ = std::make_unique<checkpoint_process>(config.process);
   stager_ = std::make_unique<stager>(*process_, config.staging);
 }
@@ -140,11 +148,32 @@ stager& async_checkpointer::staging_area() { return *stager_; }
 // ---- sync ----------------------------------------------------------------------------------
 
 sync_checkpointer::sync_checkpointer(checkpointer_config config, rank_info rank)
-    : config_(std::move(config)), rank_(rank) {}
+    : config_(std::move(config)), rank_(rank) {
+  if (!config_.store) return;
+  if (config_.store_scope.empty()) config_.store_scope = next_store_scope();
+  auto args = writer_args_for(config_, rank_);
+  if (auto it = args.find("hook"); it != args.end() && !it->second.empty())
+    hook_ = make_writer_hook(it->second, args);
+}
 
 void sync_checkpointer::save(const fs::path& path, const state_dict& sd, const kwargs& kw) {
-  auto writer = make_default_writer(writer_args_for(config_, rank_));
+  // Counted even if this save fails: ranks stay in step.
+  const auto attempt = config_.store ? ++attempts_[path.lexically_normal().string()] : 0;
+  auto args = writer_args_for(config_, rank_);
+  if (config_.store) args["commit"] = "parent";
+  auto writer = make_default_writer(args);
+  detail::take_write_reply();
   writer->write(sd, path, kw);
+  if (!config_.store) return;
+  rank_file me = detail::rank_file_from_json(detail::take_write_reply(),
+                                             "the description of this rank's file");
+  store_commit_options o;
+  o.timeout = config_.commit_timeout;
+  o.hook = hook_.get();
+  o.kw = kw;
+  store_round round{store_round_key(config_.store_scope, path, attempt), previous_round_};
+  previous_round_ = round.key;
+  commit_through_store(*config_.store, round, path, me, rank_, o);
 }
 
 load_result sync_checkpointer::load(const fs::path& path, const load_options& options) const {

@@ -33,6 +33,7 @@
 
 #include "child/priority.hpp"
 #include "core/progress.hpp"
+#include "core/write_reply.hpp"
 #include "shmckpt/error.hpp"
 #include "ipc/protocol.hpp"
 #include "ipc/segment.hpp"
@@ -171,7 +172,14 @@ class worker {
           respond(h.request_id, {}, {}, std::move(p));
           return true;
         }
-        case protocol::message_type::write_checkpoint: write(h.request_id, payload); break;
+        case protocol::message_type::write_checkpoint: {
+          // A writer that leaves the commit to the parent describes its file in the response.
+          std::string reply = write(h.request_id, payload);
+          std::vector<std::byte> p(reply.size());
+          std::memcpy(p.data(), reply.data(), reply.size());
+          respond(h.request_id, {}, {}, std::move(p));
+          return true;
+        }
         case protocol::message_type::terminate:
           respond(h.request_id, {}, {});
           return false;
@@ -221,7 +229,7 @@ class worker {
     writer_ = std::move(w);
   }
 
-  void write(std::uint64_t id, std::span<const std::byte> payload) {
+  std::string write(std::uint64_t id, std::span<const std::byte> payload) {
     if (!writer_)
       throw_error(errc::protocol_error, "WRITE_CHECKPOINT before a successful INIT");
     auto req = protocol::decode_write(
@@ -234,7 +242,9 @@ class worker {
       serving_ = id;
       last_progress_sent_ = {};
     }
+    detail::take_write_reply();  // nothing left from an earlier write
     run_user("writer", [&] { writer_->write(req.state, req.path, req.kw); });
+    return detail::take_write_reply();
   }
 
   // The progress reporter: any thread, rate-limited, only while a write is being served.

@@ -23,6 +23,7 @@
 #include "io/temp_file.hpp"
 #include "io/regular_file.hpp"
 #include "core/util.hpp"
+#include "commit/manifest.hpp"
 
 namespace shmckpt {
 
@@ -213,11 +214,6 @@ std::vector<int> missing_ranks(const std::set<int>& present, int world) {
   return out;
 }
 
-bool all_digits(const std::string& s) {
-  return !s.empty() && s.size() < 10 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
 // Whether `dir`'s manifest lists `me` (same file, size, checksum and round): the round `me`
 // belongs to is committed.
 bool manifest_lists(const fs::path& dir, const rank_file& me, int world_size) {
@@ -234,21 +230,25 @@ bool manifest_lists(const fs::path& dir, const rank_file& me, int world_size) {
   });
 }
 
-// The arrivals present in `cdir`, by rank (unparsed).
-std::map<int, std::string> read_arrivals(const fs::path& cdir, int world) {
+// The arrivals of `ranks` present in `cdir`, by rank (unparsed). Each is opened by its exact
+// name, never found through a directory listing: network filesystems revalidate a name on open
+// (NFS close-to-open), while a listing may come from a client cache that is seconds old.
+std::map<int, std::string> read_arrivals(const fs::path& cdir, const std::vector<int>& ranks) {
   std::map<int, std::string> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(cdir, ec)) {
-    auto name = e.path().filename().string();
-    if (!all_digits(name)) continue;  // temporary files
-    int r = std::stoi(name);
-    if (r >= world) continue;
+  for (int r : ranks) {
     try {
-      if (auto text = slurp(e.path(), 1u << 20, "arrival")) out.emplace(r, std::move(*text));
+      if (auto text = slurp(cdir / std::to_string(r), 1u << 20, "arrival"))
+        out.emplace(r, std::move(*text));
     } catch (const error&) {
       // Replaced or removed while read (rename is atomic on POSIX; NFS may lag): next poll.
     }
   }
+  return out;
+}
+
+std::vector<int> all_ranks(int world) {
+  std::vector<int> out;
+  for (int r = 0; r < world; ++r) out.push_back(r);
   return out;
 }
 
@@ -259,12 +259,13 @@ class file_barrier final : public barrier {
     // Arrivals of earlier rounds must not count in this one. Ranks of this round that arrived
     // before this point re-create theirs while they wait (see arrive).
     auto cdir = dir / commit_dir;
+    // By name (see read_arrivals); a .commit/ that does not exist has nothing to clear.
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(cdir, ec)) {
-      auto name = e.path().filename().string();
-      if (!all_digits(name)) continue;
-      if (::unlink(e.path().c_str()) != 0 && errno != ENOENT)
-        os_fail("cannot clear the arrival of an earlier round", e.path());
+    if (!fs::is_directory(cdir, ec)) return;
+    for (int r = 0; r < rank.world_size; ++r) {
+      auto p = cdir / std::to_string(r);
+      if (::unlink(p.c_str()) != 0 && errno != ENOENT)
+        os_fail("cannot clear the arrival of an earlier round", p);
     }
     remove_stale_temp_files(cdir);
   }
@@ -301,9 +302,17 @@ class file_barrier final : public barrier {
         std::error_code ec;
         if (!fs::exists(mine, ec)) publish();  // cleared by rank 0 at the start of its save
       } else {
-        auto arrivals = read_arrivals(cdir, rank.world_size);
+        // Only the ranks not yet counted are looked at: one open by name each.
+        std::vector<int> open;
+        for (int r = 1; r < rank.world_size; ++r)
+          if (auto c = checked.find(r); c == checked.end() || !c->second.second) open.push_back(r);
+        auto arrivals = read_arrivals(cdir, open);
         std::vector<rank_file> all{me};
         for (int r = 1; r < rank.world_size; ++r) {
+          if (auto c = checked.find(r); c != checked.end() && c->second.second) {
+            all.push_back(*c->second.second);
+            continue;
+          }
           auto it = arrivals.find(r);
           if (it == arrivals.end()) {
             waiting_for.push_back(r);
@@ -312,8 +321,7 @@ class file_barrier final : public barrier {
           auto& c = checked[r];
           // A new arrival is checked once; one that did not match is checked again each poll
           // (its rank may be re-sending it, or the filesystem may lag behind a rename).
-          if (c.first != it->second || !c.second)
-            c = {it->second, check_arrival(dir, r, it->second, mismatch)};
+          c = {it->second, check_arrival_text(dir, r, it->second, mismatch)};
           if (c.second)
             all.push_back(*c.second);
           else
@@ -342,8 +350,9 @@ class file_barrier final : public barrier {
   }
 
   // Rank 0: the arrival of rank `r`, if it describes the file on disk now.
-  static std::optional<rank_file> check_arrival(const fs::path& dir, int r, const std::string& text,
-                                                std::map<int, std::string>& mismatch) {
+  static std::optional<rank_file> check_arrival_text(const fs::path& dir, int r,
+                                                     const std::string& text,
+                                                     std::map<int, std::string>& mismatch) {
     rank_file a;
     try {
       a = rank_file_from(parse_json(text), (dir / commit_dir / std::to_string(r)).string());
@@ -351,27 +360,13 @@ class file_barrier final : public barrier {
       mismatch[r] = e.what();
       return std::nullopt;
     }
-    if (a.rank != r || a.file != rank_file_name(r)) {
-      mismatch[r] = "its arrival names rank " + std::to_string(a.rank) + " file '" +
-                    printable_path(a.file) + "'";
-      return std::nullopt;
-    }
-    rank_file disk;
-    try {
-      disk = describe_rank_file(dir, r);
-    } catch (const error& e) {
-      mismatch[r] = e.what();
-      return std::nullopt;
-    }
-    if (disk.bytes != a.bytes || disk.checksum != a.checksum) {
-      // An arrival whose file has since been replaced: not this round's (or not yet re-sent).
-      mismatch[r] = "its arrival says " + std::to_string(a.bytes) + " bytes " + a.checksum +
-                    ", the file on disk has " + std::to_string(disk.bytes) + " bytes " +
-                    disk.checksum;
-      return std::nullopt;
-    }
-    mismatch.erase(r);
-    return a;
+    std::string why;
+    auto ok = detail::check_arrival(dir, r, a, why);
+    if (ok)
+      mismatch.erase(r);
+    else
+      mismatch[r] = why;
+    return ok;
   }
 
   [[noreturn]] static void timed_out(const fs::path& dir, const fs::path& cdir, rank_info rank,
@@ -381,7 +376,7 @@ class file_barrier final : public barrier {
     // flight a moment, so that the message names only ranks that really never arrived.
     if (rank.rank != 0) std::this_thread::sleep_for(2 * poll_max);
     std::set<int> present;
-    for (auto& [r, t] : read_arrivals(cdir, rank.world_size))
+    for (auto& [r, t] : read_arrivals(cdir, all_ranks(rank.world_size)))
       if (!mismatch.count(r)) present.insert(r);
     present.insert(rank.rank);
     auto missing = missing_ranks(present, rank.world_size);
@@ -489,6 +484,77 @@ std::unique_ptr<writer_hook> make_writer_hook(const std::string& name, const kwa
   return f(args);
 }
 
+namespace detail {
+
+std::string rank_file_json(const rank_file& me) { return json::serialize(to_json(me)); }
+
+rank_file rank_file_from_json(const std::string& text, const std::string& where) {
+  try {
+    return rank_file_from(parse_json(text), where);
+  } catch (const json_fail& e) {
+    throw error(errc::corrupt_data, where + ": " + e.what());
+  }
+}
+
+std::optional<rank_file> check_arrival(const fs::path& dir, int r, const rank_file& a,
+                                       std::string& why) {
+  if (a.rank != r || a.file != rank_file_name(r)) {
+    why = "its arrival names rank " + std::to_string(a.rank) + " file '" +
+          printable_path(a.file) + "'";
+    return std::nullopt;
+  }
+  rank_file disk;
+  try {
+    disk = describe_rank_file(dir, r);
+  } catch (const error& e) {
+    why = e.what();
+    return std::nullopt;
+  }
+  if (disk.bytes != a.bytes || disk.checksum != a.checksum) {
+    // An arrival whose file has since been replaced: not this round's (or not yet re-sent).
+    why = "its arrival says " + std::to_string(a.bytes) + " bytes " + a.checksum +
+          ", the file on disk has " + std::to_string(disk.bytes) + " bytes " + disk.checksum;
+    return std::nullopt;
+  }
+  return a;
+}
+
+std::string publish_manifest(const fs::path& dir, std::vector<rank_file> all, int world_size) {
+  std::sort(all.begin(), all.end(),
+            [](const rank_file& a, const rank_file& c) { return a.rank < c.rank; });
+  json::array ranks;
+  for (const auto& r : all) ranks.push_back(to_json(r));
+  json::object m{{"format", "shmckpt"},
+                 {"format_version", 1},
+                 {"world_size", world_size},
+                 {"ranks", std::move(ranks)}};
+  std::string text = json::serialize(m) + "\n";
+  publish_file(dir / manifest_name, text);
+  return text;
+}
+
+bool manifest_text_lists(const std::string& text, const rank_file& me, int world_size) {
+  try {
+    auto v = parse_json(text);
+    const auto& o = as_object(v, "the manifest");
+    if (int_field(o, "world_size") != world_size) return false;
+    const auto& ranks = field(o, "ranks");
+    if (!ranks.is_array()) return false;
+    for (const auto& e : ranks.get_array()) {
+      rank_file r = rank_file_from(e, "manifest");
+      if (r.rank == me.rank)
+        return r.file == me.file && r.bytes == me.bytes && r.checksum == me.checksum &&
+               r.round == me.round;
+    }
+  } catch (const std::exception&) {
+  }
+  return false;
+}
+
+std::string rank_list(const std::vector<int>& ranks) { return shmckpt::rank_list(ranks); }
+
+}  // namespace detail
+
 void commit_checkpoint(const fs::path& dir, const rank_file& me, rank_info rank, barrier& b,
                        writer_hook* hook, const kwargs& kw, std::chrono::milliseconds timeout) {
   if (rank.world_size < 1 || rank.rank < 0 || rank.rank >= rank.world_size)
@@ -499,15 +565,7 @@ void commit_checkpoint(const fs::path& dir, const rank_file& me, rank_info rank,
   auto all = b.arrive(dir, me, rank, timeout);
   auto mpath = dir / manifest_name;
   if (rank.rank == 0) {
-    std::sort(all.begin(), all.end(),
-              [](const rank_file& a, const rank_file& c) { return a.rank < c.rank; });
-    json::array ranks;
-    for (const auto& r : all) ranks.push_back(to_json(r));
-    json::object m{{"format", "shmckpt"},
-                   {"format_version", 1},
-                   {"world_size", rank.world_size},
-                   {"ranks", std::move(ranks)}};
-    publish_file(mpath, json::serialize(m) + "\n");
+    detail::publish_manifest(dir, std::move(all), rank.world_size);
     // Best effort: the manifest is what counts. Other ranks remove what they re-create; our own
     // arrival goes first and by name, since remove_all stops at the first entry that vanishes
     // under it (another rank removing its own arrival meanwhile).

@@ -58,6 +58,7 @@
 #include "shmckpt/worker.hpp"
 #include "shmckpt/writer.hpp"
 #include "core/util.hpp"
+#include "parent/parent_commit.hpp"
 
 namespace shmckpt {
 
@@ -204,6 +205,7 @@ struct job {
   std::filesystem::path path;
   kwargs kw;
   std::vector<std::byte> frame;
+  std::uint64_t commit_attempt = 0;  // the n-th write() into `path`: its round in the store
 };
 
 // One incarnation of the checkpoint child.
@@ -295,6 +297,18 @@ struct checkpoint_process::impl {
       .max_bytes = opts.segment_bytes,
       .prefault = opts.prefault});
   std::filesystem::path exe;
+  // With a commit store: commits in this process after the child made the file durable.
+  std::unique_ptr<detail::parent_committer> committer;
+  std::mutex attempts_m;
+  std::map<std::string, std::uint64_t> attempts;  // (attempts_m) write() calls per directory
+
+  // The n-th write() into `dir`: its round in the commit store (counted even if the write
+  // fails later, so that ranks stay in step).
+  std::uint64_t next_attempt(const std::filesystem::path& dir) {
+    if (!committer) return 0;
+    std::lock_guard g(attempts_m);
+    return ++attempts[dir.lexically_normal().string()];
+  }
 
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work = asio::make_work_guard(io);
@@ -332,6 +346,13 @@ struct checkpoint_process::impl {
   // ---- start-up -------------------------------------------------------------------------------
 
   void start() {
+    if (opts.store) {
+      kwargs hook_args = opts.writer_args;
+      hook_args["rank"] = std::to_string(opts.rank.rank);
+      hook_args["world_size"] = std::to_string(opts.rank.world_size);
+      committer = std::make_unique<detail::parent_committer>(detail::parent_committer::settings{
+          opts.store, opts.store_scope, opts.rank, opts.commit_timeout, std::move(hook_args)});
+    }
     probe_pidfd();
     exe = find_worker(opts);
     if (::access(exe.c_str(), X_OK) != 0)
@@ -433,6 +454,7 @@ struct checkpoint_process::impl {
     init.writer_args = opts.writer_args;
     init.writer_args["rank"] = std::to_string(opts.rank.rank);
     init.writer_args["world_size"] = std::to_string(opts.rank.world_size);
+    if (committer) init.writer_args["commit"] = "parent";
     init.segment_bytes = seg.size();
     send(c, protocol::make_frame(proto_type::init, c->init_id, protocol::encode_init(init)));
     send(c, protocol::make_frame(proto_type::ping, c->ping_id, {}));
@@ -633,6 +655,18 @@ struct checkpoint_process::impl {
     auto failure = r.ok() ? nullptr
                           : child_error("checkpoint child failed to write '" + j->path.string() +
                                         "': ");
+    if (!failure && committer && j->type == proto_type::write_checkpoint && !r.payload.empty()) {
+      // Durable; the commit through the store resolves the future (parent_commit.hpp).
+      auto attempt = j->commit_attempt;
+      auto path = j->path;
+      auto kw = j->kw;
+      j.reset();
+      committer->submit(attempt, std::move(path), std::move(kw),
+                        std::string(reinterpret_cast<const char*>(r.payload.data()),
+                                    r.payload.size()),
+                        std::move(done));
+      return;
+    }
     j.reset();
     if (failure)
       done.set_exception(failure);
@@ -1130,6 +1164,7 @@ struct checkpoint_process::impl {
       io.stop();
     });
     if (io_thread.joinable()) io_thread.join();
+    if (committer) committer->close(end);  // commits of writes the child finished
     std::lock_guard g(m);
     // Children that could not be reaped even after SIGKILL: detach, so ~process does not block.
     if (c && c->proc && !c->exited) c->proc->detach();
@@ -1153,8 +1188,10 @@ void checkpoint_process::wait_ready() { impl_->wait_ready(); }
 
 std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path path,
                                             kwargs kw) {
+  const auto attempt = impl_->next_attempt(path);  // counted even if it fails: ranks stay in step
   wait_ready();
   auto j = std::make_shared<job>();
+  j->commit_attempt = attempt;
   j->path = std::move(path);
   j->kw = std::move(kw);
   try {
@@ -1175,8 +1212,10 @@ std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path
 
 std::future<void> checkpoint_process::write(std::shared_future<state_dict> sd,
                                             std::filesystem::path path, kwargs kw) {
+  const auto attempt = impl_->next_attempt(path);
   wait_ready();
   auto j = std::make_shared<job>();
+  j->commit_attempt = attempt;
   j->path = std::move(path);
   j->kw = std::move(kw);
   j->pending = std::move(sd);

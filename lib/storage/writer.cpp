@@ -59,8 +59,10 @@
 #include <utility>
 #include <vector>
 
+#include "commit/manifest.hpp"
 #include "core/progress.hpp"
 #include "core/util.hpp"
+#include "core/write_reply.hpp"
 #include "format/safetensors.hpp"
 #include "io/durable_file.hpp"
 #include "io/temp_file.hpp"
@@ -446,6 +448,10 @@ class default_writer final : public checkpoint_writer {
         throw_error(errc::invalid_argument, "default writer: argument 'io' is '" + it->second +
                                                 "', not auto or buffered");
     }
+    // "commit" = "parent": the parent commits through its store (lib/parent/parent_commit.hpp)
+    // and runs the hook; this writer stops once its file is durable and describes it.
+    parent_commits_ = args.count("commit") && args.at("commit") == "parent";
+    if (parent_commits_) return;
     if (auto it = args.find("hook"); it != args.end() && !it->second.empty())
       hook_ = make_writer_hook(it->second, args);
     barrier_ = make_file_barrier();
@@ -479,13 +485,14 @@ class default_writer final : public checkpoint_writer {
         throw_error(errc::io_error, "cannot retire the old manifest in '" + path.string() +
                                         "': " + os_message(errno));
     }
-    barrier_->begin(path, rank_);
+    if (barrier_) barrier_->begin(path, rank_);
     safetensors_write_options options;
     options.cancel = cancel_;
     options.io = io_;
     write_safetensors(checkpoint_file_path(path, rank_.rank), sd, options);
     rank_file me = describe_rank_file(path, rank_.rank);
     me.round = round;
+    if (parent_commits_) return detail::set_write_reply(detail::rank_file_json(me));
     commit_checkpoint(path, me, rank_, *barrier_, hook_.get(), kw, timeout_);
   }
 
@@ -495,6 +502,7 @@ class default_writer final : public checkpoint_writer {
   std::chrono::milliseconds timeout_;
   bool overwrite_ = false;
   write_io io_ = write_io::automatic;
+  bool parent_commits_ = false;
   std::unique_ptr<writer_hook> hook_;
   std::unique_ptr<barrier> barrier_;
 };

@@ -6,7 +6,7 @@ import threading
 import warnings
 import weakref
 
-from . import _core
+from . import _core, _store
 from ._futures import _Resolver
 
 __all__ = ["AsyncCheckpointer", "SyncCheckpointer", "CheckpointProcess", "load",
@@ -87,7 +87,33 @@ class _Closing:
 
 
 class _Checkpointer(_Closing):
-    """What both checkpointers share: load and the rank they save as."""
+    """What both checkpointers share: load, the rank they save as, and the barrier they commit
+    through."""
+
+    _server = None
+
+    def _configure(self, config, name):
+        # barrier=: None (torch.distributed's store when it is initialised, else the file
+        # barrier), "file", "store", or a torch.distributed.Store. See docs/python.md.
+        config = dict(config)
+        store = _store.resolve(config.pop("barrier", None))
+        if store is not None:
+            if config.get("rank") is None and config.get("world_size") is None:
+                rw = _store.default_rank()
+                if rw is not None:
+                    config["rank"], config["world_size"] = rw
+            self._server = _store.StoreServer(store, name)
+            config["commit_store"] = self._server.bridge
+        return config
+
+    def _close_server(self):
+        if self._server is not None:
+            self._server.close()
+
+    @property
+    def barrier(self):
+        """"store" when saves commit through a distributed store, else "file"."""
+        return "store" if self._server is not None else "file"
 
     def load(self, path, state_dict=None, *, strict=False, allow_incomplete=False,
              verify_checksums=False):
@@ -119,10 +145,23 @@ class AsyncCheckpointer(_Checkpointer):
     init_function, init_args, and the child's priority: child_nice, child_policy ("inherit",
     "normal", "batch", "idle"), child_io_class ("inherit", "best_effort", "idle"),
     child_io_level (0-7), child_cpus (a list of CPU numbers). Times are in seconds.
+    init_function, init_args. Times are in seconds.
+
+    barrier: how the ranks commit. None (the default): through torch.distributed's store when
+    torch.distributed is initialised (then rank and world_size default to its own), else the
+    file barrier; "file": the file barrier; "store": torch.distributed's store (required); or a
+    torch.distributed.Store to commit through. store_scope names this checkpointer's keys
+    (default: counted per process; the same on every rank when ranks make their checkpointers
+    in the same order).
     """
 
     def __init__(self, **config):
-        self._core = _core.AsyncCheckpointer(config)
+        config = self._configure(config, "shmckpt-store")
+        try:
+            self._core = _core.AsyncCheckpointer(config)
+        except BaseException:
+            self._close_server()
+            raise
         self._staging = _Resolver("shmckpt-staging")
         self._writes = _Resolver("shmckpt-write")
         self._closed = False
@@ -149,16 +188,23 @@ class AsyncCheckpointer(_Checkpointer):
         try:
             self._core.close()  # raises a last failure that no save() raised
         finally:
+            self._close_server()  # after the core: its last commits still use the store
             self._staging.close()
             self._writes.close()
 
 
 class SyncCheckpointer(_Checkpointer):
     """Writes checkpoints in the calling process: save() returns once the checkpoint is durable
-    and committed (shmckpt::sync_checkpointer). Options: rank, world_size, commit_timeout."""
+    and committed (shmckpt::sync_checkpointer). Options: rank, world_size, commit_timeout,
+    barrier, store_scope (as for AsyncCheckpointer)."""
 
     def __init__(self, **config):
-        self._core = _core.SyncCheckpointer(config)
+        config = self._configure(config, "shmckpt-store")
+        try:
+            self._core = _core.SyncCheckpointer(config)
+        except BaseException:
+            self._close_server()
+            raise
         _register(self)
 
     def save(self, path, state_dict, **kwargs):
@@ -167,6 +213,7 @@ class SyncCheckpointer(_Checkpointer):
     def close(self):
         if hasattr(self, "_core") and self._mine():
             self._core.close()
+            self._close_server()
 
 
 class CheckpointProcess(_Closing):

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "convert.hpp"
+#include "store_bridge.hpp"
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/checkpointer.hpp"
 #include "shmckpt/commit.hpp"
@@ -164,6 +165,10 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
       p.config.staging.acquire_timeout = seconds_option(v, "staging_timeout");
     else if (checkpointer && key == "commit_timeout")
       p.config.commit_timeout = seconds_option(v, "commit_timeout");
+    else if (checkpointer && key == "commit_store") {  // set by the Python layer from barrier=
+      if (!v.is_none()) p.config.store = v.cast<std::shared_ptr<shmckpt::python::store_bridge>>();
+    } else if (checkpointer && key == "store_scope")
+      p.config.store_scope = v.is_none() ? "" : std::string(py::str(v));
     else
       throw_error(errc::invalid_argument,
                   "unknown option '" + key +
@@ -173,7 +178,8 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
                       "writer_factory, writer_args, child_nice, child_policy, child_io_class, "
                       "child_io_level, child_cpus, rank, world_size" +
                       std::string(checkpointer ? ", staging_threads, staging_generations, "
-                                                 "staging_timeout, commit_timeout"
+                                                 "staging_timeout, commit_timeout, barrier, "
+                                                 "store_scope"
                                                : ""));
   }
   return p;
@@ -489,6 +495,7 @@ PYBIND11_MODULE(_core, m) {
   // destroyed: its threads do not exist there).
   m.def("_leak", [](py::object o) { o.inc_ref(); });
   shmckpt::python::register_buffer_class(m);
+  shmckpt::python::register_store_bridge(m);
 
   py::class_<waitable>(m, "Waitable", "A C++ future (internal; see shmckpt.Future helpers)")
       .def("wait", &waitable::wait, "timeout"_a = py::none())

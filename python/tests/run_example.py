@@ -58,3 +58,18 @@ with tempfile.TemporaryDirectory(prefix="shmckpt-example-") as tmp:
     if resumed != reference:
         sys.exit(f"resumed run ended in {resumed}, the uninterrupted one in {reference}")
     print(f"example: resumed run reproduces the uninterrupted run exactly ({reference[1]})")
+
+# Three ranks on this host (--ranks 3: the launcher's environment, torch.distributed over gloo):
+# they commit through its store, one manifest per checkpoint, and end in the same state.
+with tempfile.TemporaryDirectory(prefix="shmckpt-example-ranks-") as tmp:
+    out = run(["--dir", tmp, "--steps", "40", "--ranks", "3"])
+    for r in range(3):
+        assert f"[rank {r}] checkpoint child pid" in out and \
+            f"rank {r} of 3, committing through the store barrier" in out, out
+    prints = set(re.findall(r"final state: step 40, .* fingerprint (\S+)$", out, re.M))
+    assert len(prints) == 1, f"the ranks' replicas differ: {prints}"
+    for step in ("step_20", "step_40"):
+        names = sorted(os.listdir(os.path.join(tmp, step)))
+        assert names == ["checkpoint.json", "checkpoint_0.safetensors",
+                         "checkpoint_1.safetensors", "checkpoint_2.safetensors"], names
+    print("example: 3 ranks committed through torch.distributed's store")

@@ -107,7 +107,11 @@ std::optional<demo_options> parse_command_line(int argc, char** argv) {
       "asynchronously through shmckpt's async_checkpointer, then verifies the last checkpoint.\n"
       "Multi-rank: --ranks N on this machine, or under a launcher (mpirun -np N ckpt-demo ...,\n"
       "torchrun-style RANK/WORLD_SIZE, Slurm); each rank writes\n"
-      "DIR/step_<N>/checkpoint_<rank>.safetensors and rank 0 the manifest checkpoint.json.\n\n"
+      "DIR/step_<N>/checkpoint_<rank>.safetensors and rank 0 the manifest checkpoint.json.\n"
+      "The ranks meet through the file barrier (DIR/step_<N>/.commit/ on the filesystem they\n"
+      "share): this demo runs no distributed engine. Across hosts, mount DIR so that new files\n"
+      "show at once (NFS lookupcache=positive, sshfs -o cache=no; docs/usage.md); a trainer\n"
+      "with an engine commits through it (checkpointer_config::store, commit_store.hpp).\n\n"
       "Options");
   // clang-format off
   desc.add_options()

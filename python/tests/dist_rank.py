@@ -1,0 +1,129 @@
+"""One rank of a torch.distributed (gloo) job for test_store_barrier.py.
+
+    dist_rank.py MODE DIR      (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE in the environment)
+
+Prints one JSON line with what this rank saw. Ranks stay alive until every rank is done with
+the store (rank 0 hosts its server), through keys of the test's own.
+"""
+import datetime
+import json
+import os
+import signal
+import sys
+
+import torch
+import torch.distributed as dist
+
+import shmckpt
+
+mode, root = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+rank, world = dist.get_rank(), dist.get_world_size()
+store = dist.distributed_c10d._get_default_store()
+out = {"rank": rank}
+
+
+def sd(step):
+    return {"w": torch.full((1024,), float(rank * 100 + step)), "step": step}
+
+
+def done_and_wait():
+    # Every rank tells it is done; rank 0 (the store's server) leaves last.
+    store.set(f"test/done/{rank}", "1")
+    if rank == 0:
+        store.wait([f"test/done/{r}" for r in range(world) if r != 0], datetime.timedelta(seconds=120))
+
+
+def error_text(fut):
+    try:
+        fut.result(timeout=120)
+        return ""
+    except shmckpt.Error as e:
+        return f"{type(e).__name__}: {e}"
+
+
+if mode == "commit":
+    # A regular file where the file barrier would make its .commit/ directory: any attempt to
+    # create or use it fails the save.
+    for step in (1, 2):
+        d = os.path.join(root, f"step_{step}")
+        os.makedirs(d, exist_ok=True)
+        if rank == 0:
+            with open(os.path.join(d, ".commit"), "w") as f:
+                f.write("not a directory\n")
+    dist.barrier()
+    with shmckpt.AsyncCheckpointer(commit_timeout=60) as ck:
+        out["barrier"] = ck.barrier
+        out["rank_seen"] = [ck.rank, ck.world_size]
+        for step in (1, 2):
+            _, write = ck.save(os.path.join(root, f"step_{step}"), sd(step))
+            out[f"error_{step}"] = error_text(write)
+    with shmckpt.SyncCheckpointer() as sc:
+        d = os.path.join(root, "sync")
+        try:
+            sc.save(d, sd(3))
+            out["error_sync"] = ""
+        except shmckpt.Error as e:
+            out["error_sync"] = str(e)
+    done_and_wait()
+elif mode == "file-control":
+    # The same obstacle under the file barrier: the save must fail (the check has teeth).
+    d = os.path.join(root, "step_1")
+    os.makedirs(d, exist_ok=True)
+    if rank == 0:
+        with open(os.path.join(d, ".commit"), "w") as f:
+            f.write("not a directory\n")
+    dist.barrier()
+    ck = shmckpt.AsyncCheckpointer(barrier="file", commit_timeout=3)
+    out["barrier"] = ck.barrier
+    _, write = ck.save(d, sd(1))
+    out["error_1"] = error_text(write)
+    try:
+        ck.close()
+    except shmckpt.Error:
+        pass
+    done_and_wait()
+elif mode == "killed":
+    if rank == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # before it ever arrives
+    ck = shmckpt.AsyncCheckpointer(commit_timeout=2)
+    # Ranks 0 and 1 save together, so that each sees the other arrive within commit_timeout.
+    store.set(f"test/ready/{rank}", "1")
+    store.wait([f"test/ready/{1 - rank}"], datetime.timedelta(seconds=120))
+    _, write = ck.save(os.path.join(root, "step_1"), sd(1))
+    out["error_1"] = error_text(write)
+    try:
+        ck.close()
+    except shmckpt.Error:
+        pass
+    store.set(f"test/done/{rank}", "1")
+    if rank == 0:
+        store.wait(["test/done/1"], datetime.timedelta(seconds=120))
+elif mode == "mix":
+    d = os.path.join(root, "step")
+    ck = shmckpt.AsyncCheckpointer(commit_timeout=4)
+    dist.barrier()  # every child started: ranks 0 and 1 arrive together
+    # Round 1: rank 2 saves only once ranks 0 and 1 have given up on it.
+    if rank == 2:
+        store.wait(["test/failed/0", "test/failed/1"], datetime.timedelta(seconds=120))
+    _, write = ck.save(d, sd(1))
+    out["error_1"] = error_text(write)
+    if rank != 2:
+        store.set(f"test/failed/{rank}", "1")
+    try:
+        ck.save(os.path.join(root, "never"), sd(0))  # raises round 1's failure; saves nothing
+        out["reported"] = False
+    except shmckpt.Error:
+        out["reported"] = True
+    dist.barrier()
+    # Round 2, into the same directory, where round 1 left files and store keys behind.
+    _, write = ck.save(d, sd(2))
+    out["error_2"] = error_text(write)
+    try:
+        ck.close()
+        out["close"] = ""
+    except shmckpt.Error as e:
+        out["close"] = str(e)
+    done_and_wait()
+print(json.dumps(out), flush=True)
+os._exit(0)
