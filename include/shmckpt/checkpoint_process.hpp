@@ -156,8 +156,10 @@ class checkpoint_process {
   /// deeper than max_nesting_depth), marks it as such: write() of it, or of a copy of it, then
   /// hands it over without walking it again, in constant time whatever its tensor count, until
   /// it is changed (any non-const access of `sd` clears the mark). Returns whether it marked
-  /// `sd`. A stager snapshot carries this mark from the start. Thread safety: as for any
-  /// non-const access of `sd`.
+  /// `sd`. A stager snapshot carries this mark from the start. Precondition: no reference or
+  /// iterator into `sd` obtained before this call is used to change it afterwards (such a change
+  /// bypasses the root and cannot clear the mark; re-take references after marking). Thread
+  /// safety: as for any non-const access of `sd`.
   bool mark_shared(state_dict& sd) const;
 
   /// Bytes of the segment not currently allocated (before any further growth).
