@@ -177,3 +177,43 @@ BOOST_AUTO_TEST_CASE(for_each_node_visits_every_node_in_key_order_and_descends_o
   BOOST_TEST(top == (std::vector<std::string>{"model", "betas", "step"}),
              boost::test_tools::per_element());
 }
+
+// The placement mark (lib/core/placement.hpp) lets write() skip walking a tree the library
+// built in the segment; it must survive copies and const access and vanish on any change.
+#include "core/placement.hpp"
+
+BOOST_AUTO_TEST_CASE(placement_mark_survives_copies_and_reads_and_clears_on_any_change) {
+  using detail::dict_placement;
+  auto marked = [] {
+    state_dict sd{{"a", dict{{"t", tensor::zeros(dtype::f32, {2})}}}, {"b", 1}};
+    dict_placement::set(sd, 7);
+    return sd;
+  };
+  {
+    auto sd = marked();
+    state_dict copy = sd;
+    BOOST_TEST(dict_placement::get(copy) == 7u);
+    state_dict moved = std::move(copy);
+    BOOST_TEST(dict_placement::get(moved) == 7u);
+    const state_dict& c = sd;
+    (void)c.at("a");
+    (void)c.find("b");
+    for (const auto& kv : c) (void)kv;
+    BOOST_TEST(c.contains("a"));
+    BOOST_TEST(dict_placement::get(sd) == 7u);
+  }
+  std::vector<std::pair<const char*, std::function<void(state_dict&)>>> changes = {
+      {"operator[]", [](state_dict& d) { d["c"] = 2; }},
+      {"insert_or_assign", [](state_dict& d) { d.insert_or_assign("c", 2); }},
+      {"find", [](state_dict& d) { (void)d.find("a"); }},
+      {"at", [](state_dict& d) { (void)d.at("a"); }},
+      {"erase", [](state_dict& d) { d.erase("b"); }},
+      {"begin", [](state_dict& d) { (void)d.begin(); }},
+      {"end", [](state_dict& d) { (void)d.end(); }},
+  };
+  for (auto& [name, change] : changes) {
+    auto sd = marked();
+    change(sd);
+    BOOST_TEST(dict_placement::get(sd) == 0u, name << " left the mark in place");
+  }
+}

@@ -46,6 +46,9 @@
 namespace shmckpt {
 
 class commit_store;  // commit_store.hpp
+namespace detail {
+struct process_placement;  // the library's access to the segment's number (lib/core/placement.hpp)
+}
 
 /// Which executable becomes the checkpoint child.
 enum class worker_binary {
@@ -207,6 +210,16 @@ class checkpoint_process {
   /// Whether `t`'s bytes lie inside this process's shared segment.
   bool is_shared(const tensor& t) const noexcept;
 
+  /// Walks `sd` once and, when every tensor in it lies inside this segment (and it nests no
+  /// deeper than max_nesting_depth), marks it as such: write() of it, or of a copy of it, then
+  /// hands it over without walking it again, in constant time whatever its tensor count, until
+  /// it is changed (any non-const access of `sd` clears the mark). Returns whether it marked
+  /// `sd`. A stager snapshot carries this mark from the start. Precondition: no reference or
+  /// iterator into `sd` obtained before this call is used to change it afterwards (such a change
+  /// bypasses the root and cannot clear the mark; re-take references after marking). Thread
+  /// safety: as for any non-const access of `sd`.
+  bool mark_shared(state_dict& sd) const;
+
   /// Bytes of the segment not currently allocated (before any further growth).
   std::size_t segment_free_bytes() const;
 
@@ -222,6 +235,7 @@ class checkpoint_process {
   void close() noexcept;
 
  private:
+  friend struct detail::process_placement;
   struct impl;
   std::unique_ptr<impl> impl_;
 };

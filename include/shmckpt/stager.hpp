@@ -23,13 +23,45 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <future>
 #include <memory>
+#include <string>
 
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/state_dict.hpp"
 
 namespace shmckpt {
+
+/// How the stager copies tensors of 256 KiB and more (smaller ones always use memcpy). Both
+/// strategies produce the same bytes; they differ only in speed, which depends on the CPU.
+enum class copy_strategy : std::uint8_t {
+  /// Measured once per process: the first staging copies of 16 MiB or more are made half with
+  /// each strategy and timed; streaming is kept only when it was at least 1.05x faster (see
+  /// automatic_copy_strategy). Until then, memcpy. The environment variable
+  /// SHMCKPT_COPY_STRATEGY=memcpy|streaming|auto overrides this choice for the whole process.
+  automatic,
+  /// The C library's memcpy (which itself may switch to non-temporal stores for huge calls).
+  memcpy,
+  /// Non-temporal (streaming) stores: the destination bypasses the cache and is not read first.
+  streaming,
+};
+
+/// What copy_strategy::automatic uses in this process, and why.
+struct copy_strategy_choice {
+  /// copy_strategy::memcpy or copy_strategy::streaming.
+  copy_strategy strategy = copy_strategy::memcpy;
+  /// False while still measuring (memcpy is used until then).
+  bool decided = false;
+  /// Both throughputs and their ratio, or that SHMCKPT_COPY_STRATEGY forced it.
+  std::string reason;
+  /// What the measurement found, in bytes per second (0 when not measured).
+  double memcpy_bytes_per_second = 0;
+  double streaming_bytes_per_second = 0;
+};
+
+/// The process-wide automatic choice (thread-safe).
+copy_strategy_choice automatic_copy_strategy();
 
 struct stager_options {
   /// Copy threads. 0: one per available core, at most 4 (copies are memory-bound; more threads
@@ -39,12 +71,15 @@ struct stager_options {
   std::size_t generations = 2;
   /// How long stage() waits for a free generation before failing with error(timeout).
   std::chrono::milliseconds acquire_timeout{std::chrono::seconds(600)};
+  /// How large copies are made (automatic: measured, see copy_strategy).
+  copy_strategy copy = copy_strategy::automatic;
 };
 
 class stager {
  public:
   /// Stages into `process`'s segment, which must outlive every staged state dict's use by the
-  /// caller (the buffers themselves keep the mapping alive).
+  /// caller (the buffers themselves keep the mapping alive). Throws error(invalid_argument) when
+  /// generations is 0 or SHMCKPT_COPY_STRATEGY holds anything but memcpy, streaming or auto.
   explicit stager(checkpoint_process& process, stager_options options = {});
   ~stager();
   stager(const stager&) = delete;
@@ -53,7 +88,9 @@ class stager {
   /// Copies every private tensor of `sd` into the next free generation and returns the snapshot:
   /// the same tree, with private tensors replaced by shared copies. Blocks until the copy is done.
   /// Throws error(timeout) when no generation frees up within acquire_timeout, error(no_space)
-  /// when the segment cannot hold a generation, error(closed) after close().
+  /// when the segment cannot hold a generation, error(closed) after close(). The snapshot
+  /// carries the placement mark of checkpoint_process::mark_shared: write() of it takes
+  /// constant time whatever its tensor count.
   state_dict stage(const state_dict& sd);
 
   struct staging {

@@ -52,6 +52,12 @@
 namespace shmckpt {
 
 class value;
+class dict;
+
+namespace detail {
+// The library's access to a dict's placement mark (see dict::placement_mark_).
+struct dict_placement;
+}  // namespace detail
 
 /// The deepest nesting of dicts, lists and tuples a state dict may have (the root dict is 1).
 inline constexpr std::size_t max_nesting_depth = 64;
@@ -186,6 +192,8 @@ class dict {
   friend bool operator==(const dict& a, const dict& b) noexcept;
 
  private:
+  friend struct detail::dict_placement;
+
   // Transparent hashing: lookups by string_view allocate nothing.
   struct key_hash {
     using is_transparent = void;
@@ -194,10 +202,17 @@ class dict {
     }
   };
   void check_key(std::string_view key) const;
+  const value* find_const(std::string_view key) const noexcept;
+  void unmark() noexcept { placement_mark_ = 0; }
 
   std::vector<item> items_;
   std::unordered_map<std::string, std::size_t, key_hash, std::equal_to<>> index_;
   key_type keys_ = key_type::string;
+  // Non-zero: the library built this tree (or copied one it built) with every tensor inside the
+  // shared segment this number names (a stager snapshot, checkpoint_process::mark_shared), so
+  // write() need not walk it. Copies keep it; every non-const member clears it, because any
+  // change to the tree below starts with a non-const access of this root.
+  std::uint64_t placement_mark_ = 0;
 };
 
 /// What a value holds. (Values are append-only: tools print and compare them.)

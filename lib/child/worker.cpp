@@ -138,7 +138,7 @@ class worker {
     std::vector<std::byte> payload;
     for (;;) {
       boost::system::error_code ec;
-      asio::read(sock_, asio::buffer(hbuf), ec);
+      read_exact(hbuf.data(), hbuf.size(), ec);
       // EOF: the parent closed the channel or died; nothing to answer.
       // (The watcher also raises g_cancel when the parent goes: that is a plain exit.)
       if (ec) return g_terminated.load() ? 128 + SIGTERM : 0;
@@ -151,7 +151,7 @@ class worker {
         return 4;
       }
       payload.resize(h.payload_bytes);
-      asio::read(sock_, asio::buffer(payload), ec);
+      read_exact(payload.data(), payload.size(), ec);
       if (ec) return 0;
       if (!serve(h, payload)) return 0;
       if (g_terminated.load()) return 128 + SIGTERM;
@@ -159,6 +159,28 @@ class worker {
   }
 
  private:
+  // Fills [p, p + n) from the socket through a small buffer: a request usually arrives whole, so
+  // its header and payload come from one system call. Large payloads bypass the buffer.
+  void read_exact(std::byte* p, std::size_t n, boost::system::error_code& ec) {
+    while (n > 0) {
+      if (rx_begin_ == rx_end_) {
+        if (n >= rx_.size()) {
+          std::size_t got = asio::read(sock_, asio::buffer(p, n), ec);
+          (void)got;
+          return;
+        }
+        rx_begin_ = 0;
+        rx_end_ = sock_.read_some(asio::buffer(rx_), ec);
+        if (ec) return;
+      }
+      std::size_t k = std::min(n, rx_end_ - rx_begin_);
+      std::memcpy(p, rx_.data() + rx_begin_, k);
+      rx_begin_ += k;
+      p += k;
+      n -= k;
+    }
+  }
+
   // Returns false after TERMINATE.
   bool serve(const protocol::frame_header& h, std::span<const std::byte> payload) {
     auto type = static_cast<protocol::message_type>(h.type);
@@ -302,6 +324,9 @@ class worker {
 
   segment seg_;
   local_socket sock_;
+  std::array<std::byte, 16 << 10> rx_{};  // bytes read ahead of the frame being parsed
+  std::size_t rx_begin_ = 0;
+  std::size_t rx_end_ = 0;
   std::unique_ptr<checkpoint_writer> writer_;
   std::mutex send_lock_;      // held while a frame is written to the socket
   std::uint64_t serving_ = 0;  // (send_lock_) the write being served; 0 between writes

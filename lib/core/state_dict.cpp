@@ -216,6 +216,7 @@ dict::dict(const dict& o) {
   items_ = o.items_;
   index_ = o.index_;
   keys_ = o.keys_;
+  placement_mark_ = o.placement_mark_;  // the copy's tensors are the same views
 }
 dict::dict(dict&&) noexcept = default;
 dict& dict::operator=(const dict& o) {
@@ -233,11 +234,13 @@ dict::dict(std::initializer_list<item> items) {
 }
 
 value& dict::operator[](std::string_view key) {
+  unmark();
   if (value* v = find(key)) return *v;
   return insert_or_assign(std::string(key), value{});
 }
 
 value& dict::insert_or_assign(std::string key, value v) {
+  unmark();
   auto it = index_.find(key);
   if (it != index_.end()) {
     items_[it->second].second = std::move(v);
@@ -249,21 +252,28 @@ value& dict::insert_or_assign(std::string key, value v) {
   return items_.back().second;
 }
 
-value* dict::find(std::string_view key) noexcept {
+const value* dict::find_const(std::string_view key) const noexcept {
   auto it = index_.find(key);
   return it == index_.end() ? nullptr : &items_[it->second].second;
 }
 
-const value* dict::find(std::string_view key) const noexcept {
-  return const_cast<dict*>(this)->find(key);
+value* dict::find(std::string_view key) noexcept {
+  unmark();
+  return const_cast<value*>(find_const(key));
 }
 
+const value* dict::find(std::string_view key) const noexcept { return find_const(key); }
+
 value& dict::at(std::string_view key) {
+  unmark();
   if (value* v = find(key)) return *v;
   throw_error(errc::not_found, "no key '" + std::string(key) + "' in dict");
 }
 
-const value& dict::at(std::string_view key) const { return const_cast<dict*>(this)->at(key); }
+const value& dict::at(std::string_view key) const {
+  if (const value* v = find_const(key)) return *v;
+  throw_error(errc::not_found, "no key '" + std::string(key) + "' in dict");
+}
 
 void dict::reserve(std::size_t n) {
   items_.reserve(n);
@@ -271,6 +281,7 @@ void dict::reserve(std::size_t n) {
 }
 
 bool dict::erase(std::string_view key) {
+  unmark();
   auto it = index_.find(key);
   if (it == index_.end()) return false;
   std::size_t pos = it->second;
@@ -282,8 +293,14 @@ bool dict::erase(std::string_view key) {
 }
 
 std::size_t dict::size() const noexcept { return items_.size(); }
-dict::iterator dict::begin() noexcept { return items_.begin(); }
-dict::iterator dict::end() noexcept { return items_.end(); }
+dict::iterator dict::begin() noexcept {
+  unmark();
+  return items_.begin();
+}
+dict::iterator dict::end() noexcept {
+  unmark();
+  return items_.end();
+}
 dict::const_iterator dict::begin() const noexcept { return items_.begin(); }
 dict::const_iterator dict::end() const noexcept { return items_.end(); }
 

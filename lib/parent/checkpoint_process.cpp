@@ -4,9 +4,13 @@
 // Threads. `io_thread` spawns the child (so the parent-death signal follows a thread that lives
 // as long as this object), later also its replacements, and runs the io_context that owns the
 // sockets, the process handles and the timers: every socket and process operation happens on
-// it. `submit_thread` takes queued jobs in order, waits for future state dicts, copies private
-// tensors into the segment, encodes the frame and posts it to the io thread. Callers of write()
-// only enqueue.
+// it, except sending: a frame is written to the socket by whichever thread has it ready, under
+// the child's `send_m` (what the socket does not take at once is left in its outbox for the io
+// thread to finish, and later frames queue behind). `submit_thread` takes queued jobs in order,
+// waits for future state dicts, copies private tensors into the segment, encodes the frame and
+// sends it. A write whose frame the caller has ready (a small or copied tree) with nothing
+// queued ahead is sent by the caller itself, so a round trip wakes only the child and, for the
+// response, the io thread. A large tree already in the segment is encoded on the submit thread.
 //
 // Children. Each incarnation of the child is a `child` object; handlers capture the one they
 // belong to, so a late event of a dead child never touches its replacement. A child is *lost*
@@ -57,6 +61,7 @@
 #include "ipc/segment.hpp"
 #include "shmckpt/worker.hpp"
 #include "shmckpt/writer.hpp"
+#include "core/placement.hpp"
 #include "core/util.hpp"
 #include "parent/parent_commit.hpp"
 
@@ -88,6 +93,9 @@ constexpr std::chrono::milliseconds min_progress_timeout = 1s;
 constexpr auto temp_cleanup_wait = 2s;
 // Largest RESPONSE payload: code, message, and a small payload.
 constexpr std::uint32_t max_response_bytes = 4 + 4 + protocol::max_string_bytes + 4 + 4096;
+// A zero-copy write whose tree holds at most this many values is encoded by the caller of
+// write(); larger ones are encoded on the submit thread.
+constexpr std::size_t inline_encode_values = 64;
 // Largest PROGRESS payload: one string.
 constexpr std::uint32_t max_progress_payload_bytes = 4 + protocol::max_progress_bytes;
 
@@ -221,15 +229,23 @@ struct child {
   asio::steady_timer init_timer;      // bounds the handshake
   asio::steady_timer grace_timer;     // after EOF or exit: waits for the other, or for the kill
   asio::steady_timer progress_timer;  // the progress watchdog
-  std::deque<std::vector<std::byte>> outbox;
-  std::array<std::byte, protocol::header_size> rx_header{};
-  std::vector<std::byte> rx_payload;
+  std::vector<std::byte> rx;  // received bytes not yet parsed into frames: rx[rx_begin, rx_end)
+  std::size_t rx_begin = 0;
+  std::size_t rx_end = 0;
   std::uint64_t init_id = 0;
   std::uint64_t ping_id = 0;
-  bool watchdog_armed = false;
   std::string hang;  // set when the watchdog killed it: what the lost write reports
 
+  // ---- sending, from any thread (guarded by send_m; see impl::send) ----
+  std::mutex send_m;
+  int send_fd = -1;          // the socket's descriptor while it is open
+  bool send_closed = false;  // set before the socket closes: nothing more is sent
+  bool send_waiting = false;  // the io thread waits for the socket to take the rest
+  std::deque<std::vector<std::byte>> outbox;  // frames the socket has not taken yet
+  std::size_t out_offset = 0;                 // bytes of outbox.front() already sent
+
   // ---- guarded by impl::m ----
+  bool watchdog_armed = false;
   int pid = -1;
   bool ready = false;   // PING answered: serves writes
   bool exited = false;  // reaped (or the wait failed, see status_known)
@@ -296,6 +312,8 @@ struct checkpoint_process::impl {
                                           : opts.initial_segment_bytes,
       .max_bytes = opts.segment_bytes,
       .prefault = opts.prefault});
+  // Marks trees whose tensors all lie in `seg` (core/placement.hpp).
+  const std::uint64_t segment_number = detail::next_segment_number();
   std::filesystem::path exe;
   // With a commit store: commits in this process after the child made the file durable.
   std::unique_ptr<detail::parent_committer> committer;
@@ -428,7 +446,7 @@ struct checkpoint_process::impl {
     // reach a recycled pid.
     c->pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, c->proc->id(), 0)));
     c->sock.emplace(io, asio::local::stream_protocol(), parent_end.get());
-    parent_end.release();  // owned by the socket now
+    c->send_fd = parent_end.release();  // owned by the socket now
     {
       std::lock_guard g(m);
       c->pid = c->proc->id();
@@ -487,41 +505,100 @@ struct checkpoint_process::impl {
 
   // ---- io thread: sending ---------------------------------------------------------------------
 
-  void send(const std::shared_ptr<child>& c, std::vector<std::byte> frame, bool is_write = false) {
-    if (!c->sock || !c->sock->is_open()) return;  // lost: the job was sent back or failed
-    if (is_write) watch_progress(c);
+  // Sends `frame` from the calling thread (any thread): the request goes out without waking the
+  // io thread, which saves a thread hop on every round trip. Frames leave in call order: what
+  // the socket does not take at once waits in the outbox, which the io thread drains when the
+  // socket is writable again, and later frames queue behind it. Never called with send_m held;
+  // may be called with m held (m before send_m, never the reverse).
+  void send(const std::shared_ptr<child>& c, std::vector<std::byte> frame) {
+    std::lock_guard g(c->send_m);
+    if (c->send_closed) return;  // lost: the job was sent back or failed
+    if (!c->outbox.empty()) {
+      c->outbox.push_back(std::move(frame));
+      return;
+    }
     c->outbox.push_back(std::move(frame));
-    if (c->outbox.size() == 1) write_next(c);
+    c->out_offset = 0;
+    flush_locked(c);
   }
 
-  void write_next(const std::shared_ptr<child>& c) {
-    asio::async_write(*c->sock, asio::buffer(c->outbox.front()),
-                      [this, c](boost::system::error_code e, std::size_t) {
-                        if (e) {
-                          c->outbox.clear();
-                          on_channel_broken(
-                              c, "writing to the control channel failed: " + e.message());
-                          return;
-                        }
-                        c->outbox.pop_front();
-                        if (!c->outbox.empty()) write_next(c);
-                      });
+  // Writes from the outbox until it is empty or the socket is full (then the io thread waits
+  // for room). With send_m held.
+  void flush_locked(const std::shared_ptr<child>& c) {
+    while (!c->outbox.empty()) {
+      const auto& f = c->outbox.front();
+      ssize_t r = ::send(c->send_fd, f.data() + c->out_offset, f.size() - c->out_offset,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (!c->send_waiting) {
+          c->send_waiting = true;
+          asio::post(io, [this, c] { wait_writable(c); });
+        }
+        return;
+      }
+      if (r < 0) {
+        std::string why = "writing to the control channel failed: " + std::string(std::strerror(errno));
+        c->outbox.clear();
+        asio::post(io, [this, c, why] { on_channel_broken(c, why); });
+        return;
+      }
+      c->out_offset += static_cast<std::size_t>(r);
+      if (c->out_offset == f.size()) {
+        c->outbox.pop_front();
+        c->out_offset = 0;
+      }
+    }
   }
 
-  // ---- io thread: the progress watchdog -------------------------------------------------------
-
-  // A write is being sent: start the clock if no write was in flight (the watchdog disarms
-  // itself when none is).
-  void watch_progress(const std::shared_ptr<child>& c) {
-    if (c->watchdog_armed || opts.progress_timeout == std::chrono::milliseconds::max()) return;
-    auto now = std::chrono::steady_clock::now();
+  // io thread: waits until the socket takes more bytes, then sends what is left.
+  void wait_writable(const std::shared_ptr<child>& c) {
     {
-      std::lock_guard g(m);
-      c->last_progress = now;
+      std::lock_guard g(c->send_m);
+      if (c->send_closed || !c->sock || !c->sock->is_open()) return;
+    }
+    c->sock->async_wait(asio::socket_base::wait_write, [this, c](boost::system::error_code e) {
+      std::lock_guard g(c->send_m);
+      c->send_waiting = false;
+      if (c->send_closed) return;
+      if (e) {
+        c->outbox.clear();
+        asio::post(io, [this, c, why = "writing to the control channel failed: " + e.message()] {
+          on_channel_broken(c, why);
+        });
+        return;
+      }
+      flush_locked(c);
+    });
+  }
+
+  // io thread: closes the socket; no thread sends on it afterwards.
+  void close_socket(const std::shared_ptr<child>& c) {
+    {
+      std::lock_guard g(c->send_m);
+      c->send_closed = true;
+      c->outbox.clear();
+    }
+    boost::system::error_code ignored;
+    if (c->sock) c->sock->close(ignored);
+  }
+
+  // ---- the progress watchdog ------------------------------------------------------------------
+
+  // With m held, right after write `j` went in flight to `c`: when it is the one the child serves
+  // next (no other write ahead of it), its clock starts now; the watchdog is armed unless it is
+  // (it disarms itself when no write is in flight).
+  void start_clock_locked(const std::shared_ptr<child>& c, const job& j) {
+    if (j.type != proto_type::write_checkpoint) return;
+    if (head_write_locked() == &j) {
+      c->last_progress = std::chrono::steady_clock::now();
       c->activity.clear();
     }
+    if (c->watchdog_armed || opts.progress_timeout == std::chrono::milliseconds::max()) return;
     c->watchdog_armed = true;
-    arm_watchdog(c, now + opts.progress_timeout);
+    asio::post(io, [this, c, when = c->last_progress + opts.progress_timeout] {
+      arm_watchdog(c, when);
+    });
   }
 
   void arm_watchdog(const std::shared_ptr<child>& c, std::chrono::steady_clock::time_point when) {
@@ -555,47 +632,72 @@ struct checkpoint_process::impl {
 
   // ---- io thread: receiving -------------------------------------------------------------------
 
+  // One read takes whatever the socket holds (usually one whole RESPONSE), and every complete
+  // frame in it is handled before the next read: one system call and one handler per frame,
+  // where reading header and payload separately took three calls and two handlers.
   void read_next(const std::shared_ptr<child>& c) {
-    asio::async_read(
-        *c->sock, asio::buffer(c->rx_header), [this, c](boost::system::error_code e, std::size_t) {
+    constexpr std::size_t chunk = 16 << 10;
+    if (c->rx_begin == c->rx_end) c->rx_begin = c->rx_end = 0;
+    if (c->rx.size() - c->rx_end < chunk) {
+      // Move what is left to the front, and make room for at least one more chunk.
+      std::memmove(c->rx.data(), c->rx.data() + c->rx_begin, c->rx_end - c->rx_begin);
+      c->rx_end -= c->rx_begin;
+      c->rx_begin = 0;
+      if (c->rx.size() - c->rx_end < chunk) c->rx.resize(c->rx_end + chunk);
+    }
+    c->sock->async_read_some(
+        asio::buffer(c->rx.data() + c->rx_end, c->rx.size() - c->rx_end),
+        [this, c](boost::system::error_code e, std::size_t n) {
           if (e) return on_channel_broken(c, "control channel closed: " + e.message());
-          protocol::frame_header h;
-          try {
-            h = protocol::decode_header(c->rx_header);
-            if (h.type != static_cast<std::uint16_t>(proto_type::response) &&
-                h.type != static_cast<std::uint16_t>(proto_type::progress))
-              throw_error(errc::protocol_error,
-                          "checkpoint child sent a request frame, not a response");
-          } catch (const error& err) {
-            return on_protocol_violation(c, err.what());
-          }
-          const bool progress = h.type == static_cast<std::uint16_t>(proto_type::progress);
-          if (h.payload_bytes > (progress ? max_progress_payload_bytes : max_response_bytes))
-            return on_protocol_violation(c, std::string(progress ? "progress report" : "response") +
-                                                " claims " + std::to_string(h.payload_bytes) +
-                                                " payload bytes, more than one can hold");
-          c->rx_payload.resize(h.payload_bytes);
-          asio::async_read(
-              *c->sock, asio::buffer(c->rx_payload),
-              [this, c, id = h.request_id, progress](boost::system::error_code e2, std::size_t) {
-                if (e2) return on_channel_broken(c, "control channel closed: " + e2.message());
-                std::string what;
-                protocol::response r;
-                try {
-                  if (progress)
-                    what = protocol::decode_progress(c->rx_payload);
-                  else
-                    r = protocol::decode_response(c->rx_payload);
-                } catch (const error& err) {
-                  return on_protocol_violation(c, err.what());
-                }
-                if (progress)
-                  on_progress(c, id, std::move(what));
-                else
-                  on_response(c, id, std::move(r));
-                read_next(c);
-              });
+          c->rx_end += n;
+          if (parse_frames(c)) read_next(c);
         });
+  }
+
+  // Handles every complete frame in c->rx; false when the channel was given up on.
+  bool parse_frames(const std::shared_ptr<child>& c) {
+    for (;;) {
+      std::size_t have = c->rx_end - c->rx_begin;
+      if (have < protocol::header_size) return true;
+      const std::byte* at = c->rx.data() + c->rx_begin;
+      protocol::frame_header h;
+      try {
+        h = protocol::decode_header(std::span<const std::byte, protocol::header_size>(
+            at, protocol::header_size));
+        if (h.type != static_cast<std::uint16_t>(proto_type::response) &&
+            h.type != static_cast<std::uint16_t>(proto_type::progress))
+          throw_error(errc::protocol_error,
+                      "checkpoint child sent a request frame, not a response");
+      } catch (const error& err) {
+        on_protocol_violation(c, err.what());
+        return false;
+      }
+      const bool progress = h.type == static_cast<std::uint16_t>(proto_type::progress);
+      if (h.payload_bytes > (progress ? max_progress_payload_bytes : max_response_bytes)) {
+        on_protocol_violation(c, std::string(progress ? "progress report" : "response") +
+                                     " claims " + std::to_string(h.payload_bytes) +
+                                     " payload bytes, more than one can hold");
+        return false;
+      }
+      if (have < protocol::header_size + h.payload_bytes) return true;  // the rest is coming
+      std::span<const std::byte> payload(at + protocol::header_size, h.payload_bytes);
+      c->rx_begin += protocol::header_size + h.payload_bytes;
+      std::string what;
+      protocol::response r;
+      try {
+        if (progress)
+          what = protocol::decode_progress(payload);
+        else
+          r = protocol::decode_response(payload);
+      } catch (const error& err) {
+        on_protocol_violation(c, err.what());
+        return false;
+      }
+      if (progress)
+        on_progress(c, h.request_id, std::move(what));
+      else
+        on_response(c, h.request_id, std::move(r));
+    }
   }
 
   void on_progress(const std::shared_ptr<child>& c, std::uint64_t id, std::string what) {
@@ -792,11 +894,10 @@ struct checkpoint_process::impl {
       if (!exited) unreaped.push_back(c);
       if (const job* h = head_write_locked()) head_dir = h->path;
     }
-    boost::system::error_code ignored;
     c->init_timer.cancel();
     c->grace_timer.cancel();
     c->progress_timer.cancel();
-    if (c->sock) c->sock->close(ignored);
+    close_socket(c);
     // A dead writer's temporary file would stay forever (preallocated to the full size); a
     // child that might still live could yet rename it into place, so only when it is reaped.
     if (exited && !head_dir.empty()) remove_dead_writers_temp_files(head_dir, opts.rank.rank, pid);
@@ -909,7 +1010,6 @@ struct checkpoint_process::impl {
       } else if (j->encode_on_submit) {
         encode_now(*j);
       }
-      std::shared_ptr<child> c;
       {
         std::lock_guard g(m);
         if (final_error) std::rethrow_exception(final_error);
@@ -926,12 +1026,10 @@ struct checkpoint_process::impl {
           return;
         }
         in_flight.emplace(j->id, j);
-        c = cur;
+        start_clock_locked(cur, *j);
+        // Sent from this thread, in queue order (the io thread is not woken for it).
+        send(cur, std::move(j->frame));
       }
-      const bool is_write = j->type == proto_type::write_checkpoint;
-      asio::post(io, [this, c, is_write, frame = std::move(j->frame)]() mutable {
-        send(c, std::move(frame), is_write);
-      });
     } catch (...) {
       j->done.set_exception(std::current_exception());
       abandon_pending(*j);
@@ -967,8 +1065,32 @@ struct checkpoint_process::impl {
     return true;
   }
 
+  // Whether `d` holds at most `budget` values in all (a bounded walk: it stops at the limit).
+  static bool at_most_values(const dict& d, std::size_t& budget) {
+    for (const auto& [k, v] : d) {
+      if (budget == 0) return false;
+      --budget;
+      if (v.type() == kind::dict && !at_most_values(v.as_dict(), budget)) return false;
+      if (v.is_sequence())
+        for (const auto& e : v.as_sequence()) {
+          if (budget == 0) return false;
+          --budget;
+          if (e.type() == kind::dict && !at_most_values(e.as_dict(), budget)) return false;
+          if (e.is_sequence()) return false;  // nested sequences: not worth counting here
+        }
+    }
+    return true;
+  }
+
+  // Whether `d` carries this segment's placement mark: every tensor is in it, checked when the
+  // mark was set, and the tree is unchanged since.
+  bool marked_shared(const dict& d) const noexcept {
+    return detail::dict_placement::get(d) == segment_number;
+  }
+
   // The tree with every tensor outside the segment replaced by a copy inside it.
   dict share(const dict& d) {
+    if (marked_shared(d)) return d;
     return map_tensors(d, [this](const tensor& t) {
       return seg.contains(t.data(), t.nbytes()) ? t : seg.copy_in(t);
     });
@@ -1039,26 +1161,12 @@ struct checkpoint_process::impl {
     }
     j->id = next_id++;
     if (!j->pending && !j->encode_on_submit) set_frame_id(j->frame, j->id);
-    if (!j->pending && queue.empty() && !submitting && usable_locked()) {
-      // Nothing is ahead of this job on the submit thread: hand it straight to the io thread
-      // (posts run in order there), saving a thread hop on every request.
+    if (!j->pending && !j->encode_on_submit && queue.empty() && !submitting && usable_locked()) {
+      // Its frame is ready and nothing is ahead of it on the submit thread: send it from this
+      // thread, saving two thread hops (to the submit thread and to the io thread) per request.
       in_flight.emplace(j->id, j);
-      asio::post(io, [this, c = cur, j] {
-        {
-          std::lock_guard lk(m);
-          if (c->lost) return;  // the job went back to the queue with the others
-        }
-        if (j->encode_on_submit) {
-          try {
-            encode_now(*j);
-          } catch (...) {
-            std::lock_guard lk(m);
-            if (in_flight.erase(j->id)) j->done.set_exception(std::current_exception());
-            return;
-          }
-        }
-        send(c, std::move(j->frame), true);
-      });
+      start_clock_locked(cur, *j);
+      send(cur, std::move(j->frame));
       return f;
     }
     queue.push_back(std::move(j));
@@ -1155,8 +1263,7 @@ struct checkpoint_process::impl {
     work.reset();
     asio::post(io, [this, c] {
       if (c) {
-        boost::system::error_code ignored;
-        if (c->sock) c->sock->close(ignored);
+        close_socket(c);
         c->init_timer.cancel();
         c->grace_timer.cancel();
         c->progress_timer.cancel();
@@ -1195,11 +1302,16 @@ std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path
   j->path = std::move(path);
   j->kw = std::move(kw);
   try {
-    if (impl_->all_shared(sd)) {
-      // Zero-copy hand-off: nothing to copy, so the tree moves into the job and is encoded on
-      // the submit thread; the caller returns in microseconds whatever the tensor count.
+    if (impl_->marked_shared(sd) || impl_->all_shared(sd)) {
+      // Zero-copy hand-off: nothing to copy, so the tree moves into the job and is encoded off
+      // this thread; with the placement mark (a stager snapshot, mark_shared) not even walked
+      // here, so the caller returns in microseconds whatever the tensor count.
+      // A tree this small encodes in about a microsecond: here, so that the frame leaves from
+      // this thread without waking another (the PING-sized round trip); larger ones on the
+      // submit thread.
+      std::size_t budget = inline_encode_values;
       j->prepared = std::move(sd);
-      j->encode_on_submit = true;
+      j->encode_on_submit = !impl::at_most_values(j->prepared, budget);
     } else {
       j->prepared = impl_->share(sd);  // the copy of private tensors happens here, in the caller
     }
@@ -1232,6 +1344,17 @@ std::shared_ptr<std::byte> checkpoint_process::allocate(std::size_t n) {
 
 bool checkpoint_process::is_shared(const tensor& t) const noexcept {
   return impl_->seg.contains(t.data(), t.nbytes());
+}
+
+bool checkpoint_process::mark_shared(state_dict& sd) const {
+  if (impl_->marked_shared(sd)) return true;
+  if (!impl_->all_shared(sd)) return false;  // also false for a tree nested too deeply
+  detail::dict_placement::set(sd, impl_->segment_number);
+  return true;
+}
+
+std::uint64_t detail::process_placement::segment_number(const checkpoint_process& p) noexcept {
+  return p.impl_->segment_number;
 }
 
 std::size_t checkpoint_process::segment_free_bytes() const { return impl_->seg.free_bytes(); }

@@ -11,14 +11,19 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
 #include "shmckpt/error.hpp"
+#include "core/placement.hpp"
 #include "core/util.hpp"
 
 namespace shmckpt {
@@ -31,42 +36,142 @@ struct copy_job {
   std::size_t n;
 };
 
-// Copies of at least this size bypass the cache with streaming stores: the snapshot is read by
-// the child, not by this core, and glibc's memcpy uses streaming stores only for copies larger
-// than a fraction of the L3 size, far above typical tensor sizes.
+// Copies below this size always go to memcpy: they stay in the cache either way, and the
+// strategy decides nothing there.
 constexpr std::size_t streaming_threshold = std::size_t{256} << 10;
-// ... up to this size; larger copies go to memcpy, whose own non-temporal path (wider vectors,
-// tuned per CPU) takes over for copies of this order.
-constexpr std::size_t streaming_limit = std::size_t{64} << 20;
 
-void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
+// Non-temporal (streaming) stores: the destination bypasses the cache and is not read first.
+// Whether that beats memcpy depends on the CPU (on one Intel Xeon it did by 1.1-1.2x, on an AMD
+// EPYC of the same class it lost by 2x), which is why automatic mode measures it.
+void stream_copy(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
 #if defined(__SSE2__)
-  if (n >= streaming_threshold && n < streaming_limit) {
-    // Head: bring dst to a 16-byte boundary.
-    std::size_t head = (16 - (reinterpret_cast<std::uintptr_t>(dst) & 15)) & 15;
-    std::memcpy(dst, src, head);
-    dst += head;
-    src += head;
-    n -= head;
-    std::size_t blocks = n / 64;
-    for (std::size_t i = 0; i < blocks; ++i) {
-      auto* d = reinterpret_cast<__m128i*>(dst);
-      const auto* q = reinterpret_cast<const __m128i*>(src);
-      __m128i a = _mm_loadu_si128(q), b = _mm_loadu_si128(q + 1), c = _mm_loadu_si128(q + 2),
-              e = _mm_loadu_si128(q + 3);
-      _mm_stream_si128(d, a);
-      _mm_stream_si128(d + 1, b);
-      _mm_stream_si128(d + 2, c);
-      _mm_stream_si128(d + 3, e);
-      dst += 64;
-      src += 64;
-    }
-    std::memcpy(dst, src, n % 64);
-    _mm_sfence();  // streaming stores are weakly ordered: publish before the batch completes
-    return;
+  // Head: bring dst to a 16-byte boundary.
+  std::size_t head = std::min(n, (16 - (reinterpret_cast<std::uintptr_t>(dst) & 15)) & 15);
+  std::memcpy(dst, src, head);
+  dst += head;
+  src += head;
+  n -= head;
+  std::size_t blocks = n / 64;
+  for (std::size_t i = 0; i < blocks; ++i) {
+    auto* d = reinterpret_cast<__m128i*>(dst);
+    const auto* q = reinterpret_cast<const __m128i*>(src);
+    __m128i a = _mm_loadu_si128(q), b = _mm_loadu_si128(q + 1), c = _mm_loadu_si128(q + 2),
+            e = _mm_loadu_si128(q + 3);
+    _mm_stream_si128(d, a);
+    _mm_stream_si128(d + 1, b);
+    _mm_stream_si128(d + 2, c);
+    _mm_stream_si128(d + 3, e);
+    dst += 64;
+    src += 64;
   }
-#endif
+  std::memcpy(dst, src, n % 64);
+  _mm_sfence();  // streaming stores are weakly ordered: publish before the batch completes
+#else
   std::memcpy(dst, src, n);
+#endif
+}
+
+void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n, bool streaming) noexcept {
+  if (streaming && n >= streaming_threshold)
+    stream_copy(dst, src, n);
+  else
+    std::memcpy(dst, src, n);
+}
+
+// ---- the automatic choice, made once per process -------------------------------------------
+//
+// The first staging batches of at least `calibration_min_batch` bytes are copied half with
+// memcpy and half with streaming stores (which half goes first alternates), each half timed as
+// a whole across all copy threads. These are the trainer's real copies, into the real
+// destination, at the real sizes and alignments, so the comparison costs nothing extra and
+// measures exactly what staging will do. Once each strategy has `calibration_bytes` behind it,
+// streaming is chosen only when it was at least `streaming_margin` faster; memcpy otherwise
+// (it is the baseline staging is held against, so it can never lose to it by much). Until
+// then, smaller batches use memcpy.
+constexpr std::size_t calibration_min_batch = std::size_t{16} << 20;
+constexpr std::uint64_t calibration_bytes = std::uint64_t{64} << 20;
+constexpr int calibration_max_batches = 8;
+constexpr double streaming_margin = 1.05;
+
+const char* strategy_name(copy_strategy s) noexcept {
+  switch (s) {
+    case copy_strategy::automatic: return "automatic";
+    case copy_strategy::memcpy: return "memcpy";
+    case copy_strategy::streaming: return "streaming";
+  }
+  return "?";
+}
+
+std::string gbps_text(std::uint64_t bytes, std::uint64_t ns) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GB/s",
+                ns ? static_cast<double>(bytes) / static_cast<double>(ns) : 0.0);
+  return buf;
+}
+
+// SHMCKPT_COPY_STRATEGY, read once: memcpy, streaming, or auto (also when unset or empty).
+std::optional<copy_strategy> forced_by_environment() {
+  static const std::optional<copy_strategy> forced = []() -> std::optional<copy_strategy> {
+    const char* v = std::getenv("SHMCKPT_COPY_STRATEGY");
+    if (!v || !*v || std::strcmp(v, "auto") == 0) return std::nullopt;
+    if (std::strcmp(v, "memcpy") == 0) return copy_strategy::memcpy;
+    if (std::strcmp(v, "streaming") == 0) return copy_strategy::streaming;
+    return copy_strategy::automatic;  // invalid: reported by check_environment()
+  }();
+  return forced;
+}
+
+void check_environment() {
+  if (forced_by_environment() == copy_strategy::automatic)
+    throw_error(errc::invalid_argument,
+                std::string("SHMCKPT_COPY_STRATEGY is '") + std::getenv("SHMCKPT_COPY_STRATEGY") +
+                    "'; set it to memcpy, streaming or auto (or unset it)");
+}
+
+struct calibration {
+  std::mutex m;
+  bool decided = false;
+  bool streaming = false;
+  std::uint64_t bytes[2] = {0, 0};  // [0]: memcpy, [1]: streaming
+  std::uint64_t ns[2] = {0, 0};
+  int batches = 0;
+  std::string reason = "not decided yet: no staging batch of 16 MiB or more has been copied";
+
+  void record(std::uint64_t b_mem, std::uint64_t ns_mem, std::uint64_t b_str,
+              std::uint64_t ns_str) {
+    std::lock_guard g(m);
+    if (decided) return;
+    bytes[0] += b_mem;
+    ns[0] += ns_mem;
+    bytes[1] += b_str;
+    ns[1] += ns_str;
+    ++batches;
+    if ((bytes[0] < calibration_bytes || bytes[1] < calibration_bytes) &&
+        batches < calibration_max_batches)
+      return;
+    double mem = ns[0] ? static_cast<double>(bytes[0]) / static_cast<double>(ns[0]) : 0;
+    double str = ns[1] ? static_cast<double>(bytes[1]) / static_cast<double>(ns[1]) : 0;
+    decided = true;
+    streaming = mem > 0 && str >= streaming_margin * mem;
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%.2fx", mem > 0 ? str / mem : 0.0);
+    reason = std::string(streaming ? "streaming" : "memcpy") + ": streaming stores measured " +
+             gbps_text(bytes[1], ns[1]) + " against memcpy " + gbps_text(bytes[0], ns[0]) +
+             " (" + ratio + ") on " + std::to_string((bytes[0] + bytes[1]) >> 20) +
+             " MiB of this process's first staging copies; streaming is used only when at "
+             "least 1.05x faster";
+  }
+};
+
+calibration& process_calibration() {
+  static calibration c;
+  return c;
+}
+
+std::uint64_t now_ns() noexcept {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
 }
 
 // Below this total a single thread is faster than waking others.
@@ -89,11 +194,61 @@ class copy_pool {
     for (auto& t : threads_) t.join();
   }
 
-  void run(const std::vector<copy_job>& jobs) {
+  // Copies every job with `mode` (automatic: the process's calibrated choice).
+  void run(const std::vector<copy_job>& jobs, copy_strategy mode) {
+    if (mode == copy_strategy::automatic) {
+      if (auto forced = forced_by_environment()) mode = *forced;
+    }
+    if (mode != copy_strategy::automatic) return run_with(jobs, mode == copy_strategy::streaming);
+    auto& cal = process_calibration();
+    bool calibrating;
+    bool streaming;
+    int round;
+    {
+      std::lock_guard g(cal.m);
+      calibrating = !cal.decided;
+      streaming = cal.decided && cal.streaming;
+      round = cal.batches;
+    }
+    std::size_t total = 0;
+    for (const auto& j : jobs) total += j.n;
+    if (!calibrating || total < calibration_min_batch) return run_with(jobs, streaming);
+    // Two halves by bytes, each copied (by all threads) with one strategy and timed.
+    std::vector<copy_job> first, second;
+    std::size_t half = total / 2, seen = 0;
+    for (const auto& j : jobs) {
+      if (seen >= half) {
+        second.push_back(j);
+      } else if (seen + j.n <= half) {
+        first.push_back(j);
+      } else {
+        std::size_t k = half - seen;
+        first.push_back({j.dst, j.src, k});
+        second.push_back({j.dst + k, j.src + k, j.n - k});
+      }
+      seen += j.n;
+    }
+    const bool streaming_first = round % 2 == 1;
+    std::uint64_t t0 = now_ns();
+    run_with(first, streaming_first);
+    std::uint64_t t1 = now_ns();
+    run_with(second, !streaming_first);
+    std::uint64_t t2 = now_ns();
+    std::uint64_t b1 = half, b2 = total - half;
+    if (streaming_first)
+      cal.record(b2, t2 - t1, b1, t1 - t0);
+    else
+      cal.record(b1, t1 - t0, b2, t2 - t1);
+  }
+
+ private:
+  using batch = std::vector<std::vector<copy_job>>;
+
+  void run_with(const std::vector<copy_job>& jobs, bool streaming) {
     std::size_t total = 0;
     for (const auto& j : jobs) total += j.n;
     if (threads_.empty() || total < parallel_threshold) {
-      for (const auto& j : jobs) copy_bytes(j.dst, j.src, j.n);
+      for (const auto& j : jobs) copy_bytes(j.dst, j.src, j.n, streaming);
       return;
     }
     // Equal shares of the bytes, each a list of (pieces of) jobs, in order.
@@ -118,27 +273,25 @@ class copy_pool {
     {
       std::lock_guard g(m_);
       batch_ = &parts;
+      streaming_ = streaming;
       next_ = 0;
       remaining_ = parts.size();
       ++epoch_;
     }
     work_.notify_all();
-    work(parts);
+    work(parts, streaming);
     std::unique_lock lk(m_);
     // Wait until every part is copied and no helper still looks at this batch.
     done_.wait(lk, [&] { return remaining_ == 0 && active_ == 0; });
     batch_ = nullptr;
   }
 
- private:
-  using batch = std::vector<std::vector<copy_job>>;
-
-  void work(const batch& parts) {
+  void work(const batch& parts, bool streaming) {
     std::size_t finished = 0;
     for (;;) {
       std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
       if (i >= parts.size()) break;
-      for (const auto& j : parts[i]) copy_bytes(j.dst, j.src, j.n);
+      for (const auto& j : parts[i]) copy_bytes(j.dst, j.src, j.n, streaming);
       ++finished;
     }
     if (finished) {
@@ -152,15 +305,17 @@ class copy_pool {
     std::uint64_t seen = 0;
     for (;;) {
       const batch* b;
+      bool streaming;
       {
         std::unique_lock lk(m_);
         work_.wait(lk, [&] { return stop_ || (batch_ && epoch_ != seen); });
         if (stop_) return;
         seen = epoch_;
         b = batch_;
+        streaming = streaming_;
         ++active_;
       }
-      work(*b);
+      work(*b, streaming);
       std::lock_guard g(m_);
       --active_;
       if (active_ == 0) done_.notify_all();
@@ -171,6 +326,7 @@ class copy_pool {
   std::mutex m_;
   std::condition_variable work_, done_;
   const batch* batch_ = nullptr;
+  bool streaming_ = false;
   std::atomic<std::size_t> next_{0};
   std::size_t remaining_ = 0;
   std::size_t active_ = 0;
@@ -185,6 +341,24 @@ std::size_t default_threads() {
 }
 
 }  // namespace
+
+copy_strategy_choice automatic_copy_strategy() {
+  copy_strategy_choice c;
+  if (auto forced = forced_by_environment(); forced && *forced != copy_strategy::automatic) {
+    c.strategy = *forced;
+    c.decided = true;
+    c.reason = std::string(strategy_name(*forced)) + ": forced by SHMCKPT_COPY_STRATEGY";
+    return c;
+  }
+  auto& cal = process_calibration();
+  std::lock_guard g(cal.m);
+  c.decided = cal.decided;
+  c.strategy = cal.decided && cal.streaming ? copy_strategy::streaming : copy_strategy::memcpy;
+  c.reason = cal.reason;
+  if (cal.ns[0]) c.memcpy_bytes_per_second = 1e9 * double(cal.bytes[0]) / double(cal.ns[0]);
+  if (cal.ns[1]) c.streaming_bytes_per_second = 1e9 * double(cal.bytes[1]) / double(cal.ns[1]);
+  return c;
+}
 
 // One generation's buffers: a single arena in the segment holding every private tensor of the
 // snapshot at a fixed offset, in tree order. One arena (not one block per tensor) keeps the
@@ -205,6 +379,7 @@ struct stager::impl : std::enable_shared_from_this<impl> {
         pool((opts.threads ? opts.threads : default_threads()) - 1) {
     if (opts.generations == 0)
       throw_error(errc::invalid_argument, "stager_options::generations must be at least 1");
+    check_environment();
     for (std::size_t i = 0; i < opts.generations; ++i)
       gens.push_back(std::make_shared<generation>());
   }
@@ -302,7 +477,9 @@ struct stager::impl : std::enable_shared_from_this<impl> {
       std::byte* at = gen->arena.get() + gen->offsets[next++];
       return tensor(t.type(), t.shape(), {at, t.nbytes()}, lease);
     });
-    pool.run(jobs);
+    // Every tensor of the snapshot is in the segment now: write() need not walk it again.
+    detail::dict_placement::set(out, detail::process_placement::segment_number(proc));
+    pool.run(jobs, opts.copy);
     return out;
   }
 

@@ -651,6 +651,7 @@ class bench {
 
  private:
   int reps() const { return c_.reps; }
+  bool strategy_reported_ = false;
 
   checkpoint_process_options process_opts(std::size_t seg, bool stamp) const {
     checkpoint_process_options o;
@@ -732,8 +733,12 @@ class bench {
       state_dict sd = make_shared_state(p, s, count);
       tensor stamp = p.make_tensor(dtype::i64, {1});
       sd.insert_or_assign("__stamp", stamp);
+      // Every tensor is in the segment: one walk records it on the tree (as a stager snapshot
+      // carries it), so each write() below hands it over without walking it.
+      state_dict unmarked = sd;
+      p.mark_shared(sd);
       int n = c_.smoke ? 2 : std::max(reps() * 3, 11);
-      std::vector<double> ret, hand, ret_future, hand_future, raw;
+      std::vector<double> ret, hand, ret_future, hand_future, ret_unmarked, raw;
       int preempted = 0, preempted_future = 0;
       auto stamp_value = [&] {
         std::int64_t v;
@@ -767,10 +772,18 @@ class bench {
           ret_future.push_back(static_cast<double>(t1 - t0) * 1e-9);
           hand_future.push_back(static_cast<double>(stamp_value() - t0) * 1e-9);
         }
+        // write(state_dict) of the same tree without the mark: walked in the caller.
+        arg = unmarked;
+        t0 = mono_ns();
+        auto fut3 = p.write(std::move(arg), "unused");
+        t1 = mono_ns();
+        fut3.get();
+        if (i > 0) ret_unmarked.push_back(static_cast<double>(t1 - t0) * 1e-9);
         auto r = raw_rtts(20);
         raw.insert(raw.end(), r.begin(), r.end());
       }
       sd = {};
+      unmarked = {};
       p.close();
       auto rtt = summarize(raw);
 
@@ -785,6 +798,15 @@ class bench {
       f.note = std::to_string(preempted) + " of " + std::to_string(n) + " calls preempted";
       add(f);
       write_return_[{s, count}] = f.value;
+
+      figure u = f;
+      u.id = "write_return_unmarked";
+      u.name = "write() return, already shared but not marked (mark_shared not called)";
+      u.value = summarize(ret_unmarked);
+      u.st = status::info;
+      u.target = "(no target: the caller walks the tree once)";
+      u.note.clear();
+      add(u);
 
       figure g = f;
       g.id = "write_return_future";
@@ -876,6 +898,34 @@ class bench {
     f.baseline_label = "plain memcpy, " + std::to_string(threads_) + " threads, into faulted memory";
     f.baseline = summarize(base);
     f.at_least(0.9);
+    add(f);
+    if (!strategy_reported_) copy_strategy_figure(s == c_.sizes.back());
+  }
+
+  // Which copy strategy the stager's automatic mode chose in this process, and why.
+  void copy_strategy_figure(bool last) {
+    auto c = automatic_copy_strategy();
+    if (!c.decided && !last) return;  // still measuring: report after a later size
+    figure f;
+    f.id = "copy_strategy";
+    f.name = "staging copy strategy (automatic, chosen once per process)";
+    f.u = unit::bytes_per_second;
+    f.note = c.reason;
+    f.target = "(the faster of the two, streaming only when >= 1.05x)";
+    if (!c.decided || c.memcpy_bytes_per_second == 0) {
+      f.st = status::skipped;
+      if (c.decided) f.note = c.reason;
+      add(f);
+      return;
+    }
+    strategy_reported_ = true;
+    f.name += ": " + std::string(c.strategy == copy_strategy::streaming ? "streaming" : "memcpy");
+    f.value = summarize({c.streaming_bytes_per_second});
+    f.baseline_label = "memcpy, same copies";
+    f.baseline = summarize({c.memcpy_bytes_per_second});
+    f.ratio = f.value.median / f.baseline.median;
+    f.has_ratio = true;
+    f.st = status::info;
     add(f);
   }
 
