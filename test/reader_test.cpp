@@ -615,3 +615,29 @@ BOOST_AUTO_TEST_CASE(check_checksums_reports_progress_up_to_the_total) {
   BOOST_TEST(calls.back().second == 72u);
   for (std::size_t i = 1; i < calls.size(); ++i) BOOST_TEST(calls[i].first >= calls[i - 1].first);
 }
+
+BOOST_AUTO_TEST_CASE(one_set_of_read_options_serves_read_and_read_into) {
+  static_assert(std::is_same_v<read_options, read_into_options>);
+  scratch_dir dir("reader");
+  write_safetensors(checkpoint_file_path(dir.path(), 1), {{"w", random_tensor(dtype::f32, {4}, 9)}});
+  read_options o;
+  o.rank = 1;
+  o.allow_incomplete = true;  // no manifest: the file was written without the commit
+  o.copy = true;
+  state_dict a = read(dir.path(), o);
+  BOOST_TEST((a.at("w").as_tensor() == random_tensor(dtype::f32, {4}, 9)));
+  BOOST_TEST((read(dir.path(), read_options{.allow_incomplete = true}, 1) == a));  // rank apart
+
+  // A placeholder is replaced by a private copy with `copy`, by a view of the mapping without.
+  state_dict tmpl{{"w", tensor{}}}, tmpl2 = tmpl;
+  read_result copied = read_into(dir.path(), tmpl, o);
+  read_options view = o;
+  view.copy = false;
+  read_result viewed = read_into(dir.path(), tmpl2, view);
+  const tensor& c = copied.state.at("w").as_tensor();
+  const tensor& v = viewed.state.at("w").as_tensor();
+  BOOST_TEST((c == v));
+  BOOST_TEST(c.data() != v.data());
+  auto file = read_file(checkpoint_file_path(dir.path(), 1));
+  BOOST_TEST(std::memcmp(c.data(), file.data() + file.size() - 16, 16) == 0);
+}

@@ -31,6 +31,7 @@
 
 #include "shmckpt/checkpoint_process.hpp"
 #include "shmckpt/commit.hpp"
+#include "shmckpt/reader.hpp"
 #include "shmckpt/stager.hpp"
 #include "shmckpt/state_dict.hpp"
 #include "shmckpt/types.hpp"
@@ -67,14 +68,8 @@ struct checkpointer_config {
 /// error(invalid_argument) for values that are not integers or a rank outside the world.
 rank_info detect_rank_info();
 
-struct load_options {
-  /// Missing keys of the template are an error (not_found) instead of a list.
-  bool strict = false;
-  /// Load a directory that has no manifest (an incomplete checkpoint).
-  bool allow_incomplete = false;
-  /// Recompute every tensor's checksum.
-  bool verify_checksums = false;
-};
+/// The options of `load` are those of every read (reader.hpp); `rank` is the checkpointer's.
+using load_options = read_options;
 
 struct load_result {
   state_dict state;

@@ -26,39 +26,43 @@
 
 namespace shmckpt {
 
+/// How to read a checkpoint: one set of options for `read`, `read_into` and the checkpointers'
+/// `load` (checkpointer.hpp), each field meaning the same wherever it is used. The fields keep
+/// the order of the earlier read_options (new ones last), so designated initialisers written for
+/// it still compile.
 struct read_options {
-  /// Copy tensor bytes into private memory instead of viewing the file's mapping.
+  /// Tensors handed out (by `read`, and by `read_into` for placeholders) own private copies of
+  /// their bytes instead of viewing the file's mapping.
   bool copy = false;
-  /// Recompute every tensor's recorded checksum and fail with error(corrupt_data) naming the
-  /// first tensor that does not match.
+  /// Hash the bytes of every tensor that is read and compare them with the recorded checksum
+  /// (error(corrupt_data) naming the first tensor that does not match); `read_into` does so
+  /// before anything is written into the template. Files without checksums pass.
   bool verify_checksums = false;
   /// Read a checkpoint directory that has no manifest (commit.hpp): an incomplete checkpoint,
   /// or files written without the commit protocol. Off: such a directory is error(not_found).
   bool allow_incomplete = false;
+  /// With a template (`read_into`, `load` with a template): fail with error(not_found) naming
+  /// every template key the file lacks, instead of listing them in read_result::missing.
+  /// Checked before anything is written into the template. Without a template it has no effect.
+  bool strict = false;
+  /// Given a directory, read its checkpoint_<rank>.safetensors. The checkpointers' `load`
+  /// always reads its own rank's file and ignores this.
+  int rank = 0;
 };
 
+/// The former name of read_options for `read_into` (kept so that existing code compiles).
+using read_into_options = read_options;
+
 /// Reads a checkpoint file, or `checkpoint_<rank>.safetensors` inside a checkpoint directory
-/// (rank 0 unless `rank` is given). A directory must be complete — hold its manifest — unless
+/// (options.rank). A directory must be complete — hold its manifest — unless
 /// `allow_incomplete` is set; a single file is read as it is. Errors: not_found naming the file
 /// or the incomplete directory; corrupt_data naming the field that failed validation; io_error
 /// for OS failures.
-state_dict read(const std::filesystem::path& file_or_dir, const read_options& options = {},
-                int rank = 0);
+state_dict read(const std::filesystem::path& file_or_dir, const read_options& options = {});
 
-/// Options of `read_into`.
-struct read_into_options {
-  /// Fail with error(not_found) naming every template key the file lacks, instead of listing
-  /// them in read_result::missing. Checked before anything is written into the template.
-  bool strict = false;
-  /// Hash the bytes of every tensor that is read and compare them with the recorded checksum
-  /// (error(corrupt_data) naming the first tensor that does not match), before anything is
-  /// written into the template. Files without checksums pass.
-  bool verify_checksums = false;
-  /// Given a directory, read its checkpoint_<rank>.safetensors.
-  int rank = 0;
-  /// As read_options::allow_incomplete.
-  bool allow_incomplete = false;
-};
+/// `read` with the rank given apart, as before read_options held it: reads rank `rank`'s file,
+/// whatever options.rank says.
+state_dict read(const std::filesystem::path& file_or_dir, const read_options& options, int rank);
 
 /// What `read_into` did.
 struct read_result {
@@ -98,7 +102,7 @@ struct read_result {
 /// Thread safety: safe concurrently with other calls as long as no one else touches the
 /// template's tensors while it runs.
 read_result read_into(const std::filesystem::path& file_or_dir, state_dict& template_,
-                      const read_into_options& options = {});
+                      const read_options& options = {});
 
 /// One entry of a checkpoint file's header, for listing without touching tensor bytes.
 struct tensor_entry {

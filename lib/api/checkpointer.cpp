@@ -29,21 +29,15 @@ std::optional<int> env_int(const char* name) {
   return out;
 }
 
-load_result load_impl(const fs::path& path, const load_options& options, int rank) {
-  read_options ro;
-  ro.verify_checksums = options.verify_checksums;
-  ro.allow_incomplete = options.allow_incomplete;
-  return {read(path, ro, rank), {}};
+load_result load_impl(const fs::path& path, const read_options& options, int rank) {
+  return {read(path, options, rank), {}};
 }
 
 load_result load_into_impl(const fs::path& path, state_dict& template_,
-                           const load_options& options, int rank) {
-  read_into_options ro;
-  ro.strict = options.strict;
-  ro.verify_checksums = options.verify_checksums;
-  ro.rank = rank;
-  ro.allow_incomplete = options.allow_incomplete;
-  auto r = read_into(path, template_, ro);
+                           const read_options& options, int rank) {
+  read_options own = options;
+  own.rank = rank;
+  auto r = read_into(path, template_, own);
   return {std::move(r.state), std::move(r.missing)};
 }
 

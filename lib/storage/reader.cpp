@@ -355,23 +355,29 @@ std::string name_list(const std::vector<std::string>& names) {
 
 }  // namespace
 
-state_dict read(const fs::path& file_or_dir, const read_options& options, int rank) {
+state_dict read(const fs::path& file_or_dir, const read_options& options) {
   mapped_checkpoint m =
-      map_checkpoint(resolve_complete(file_or_dir, rank, options.allow_incomplete));
+      map_checkpoint(resolve_complete(file_or_dir, options.rank, options.allow_incomplete));
   if (options.verify_checksums)
     for (std::size_t i = 0; i < m.header.entries.size(); ++i) verify_entry(m, i);
   auto make_tensor = [&](std::size_t i) -> value { return entry_tensor(m, i, options.copy); };
   return detail::build_state_dict(m.header, make_tensor, m.label);
 }
 
+state_dict read(const fs::path& file_or_dir, const read_options& options, int rank) {
+  read_options o = options;
+  o.rank = rank;
+  return read(file_or_dir, o);
+}
+
 read_result read_into(const fs::path& file_or_dir, state_dict& template_,
-                      const read_into_options& options) {
+                      const read_options& options) {
   mapped_checkpoint m =
       map_checkpoint(resolve_complete(file_or_dir, options.rank, options.allow_incomplete));
   // The whole tree is built (as views, O(header)) so that it is validated exactly as `read`
   // validates it, and so that non-tensor values can be looked up by path.
   state_dict file = detail::build_state_dict(
-      m.header, [&](std::size_t i) -> value { return entry_tensor(m, i, false); }, m.label);
+      m.header, [&](std::size_t i) -> value { return entry_tensor(m, i, options.copy); }, m.label);
   flat_tree flat(file);
   read_into_plan plan(m, flat);
   plan.visit_dict(template_, "");
