@@ -640,7 +640,8 @@ struct checkpoint_process::impl {
     if (c->rx_begin == c->rx_end) c->rx_begin = c->rx_end = 0;
     if (c->rx.size() - c->rx_end < chunk) {
       // Move what is left to the front, and make room for at least one more chunk.
-      std::memmove(c->rx.data(), c->rx.data() + c->rx_begin, c->rx_end - c->rx_begin);
+      if (c->rx_begin > 0)
+        std::memmove(c->rx.data(), c->rx.data() + c->rx_begin, c->rx_end - c->rx_begin);
       c->rx_end -= c->rx_begin;
       c->rx_begin = 0;
       if (c->rx.size() - c->rx_end < chunk) c->rx.resize(c->rx_end + chunk);
