@@ -21,6 +21,7 @@
 #include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
 #include "io/temp_file.hpp"
+#include "io/durable_file.hpp"
 #include "io/regular_file.hpp"
 #include "core/util.hpp"
 #include "commit/manifest.hpp"
@@ -48,43 +49,13 @@ constexpr int max_world_size = 1 << 20;
   throw_error(errc::io_error, what + " '" + p.string() + "': " + std::strerror(err));
 }
 
-void fsync_path(const fs::path& p, bool directory) {
-  unique_fd fd(::open(p.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC));
-  if (!fd) os_fail("cannot open for fsync", p);
-  if (::fsync(fd.get()) != 0) os_fail("cannot fsync", p);
-}
-
-// Writes `text` to `target` atomically and durably, through a locked temporary file
-// (temp_file.hpp). With `enoent_ok`, a directory that vanished meanwhile (a .commit/ that
-// rank 0 removed or cleared) makes it return false instead of throwing.
+// Writes `text` to `target` atomically and durably (lib/io/durable_file.hpp: a locked
+// temporary file, fsync, rename, directory fsync). With `enoent_ok`, a directory that vanished
+// meanwhile (a .commit/ that rank 0 removed or cleared) makes it return false instead of
+// throwing.
 bool publish_file(const fs::path& target, const std::string& text, bool enoent_ok = false) {
-  fs::path tmp;
-  unique_fd fd = detail::create_locked_temp(target.parent_path(), target.filename().string(), tmp);
-  if (!fd) {
-    if (enoent_ok && errno == ENOENT) return false;
-    os_fail("cannot create", tmp);
-  }
-  auto fail = [&](const char* what, const fs::path& p) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    if (enoent_ok && e == ENOENT) return false;
-    os_fail(what, p, e);
-  };
-  std::size_t off = 0;
-  while (off < text.size()) {
-    ssize_t n = ::write(fd.get(), text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) errno = EIO;
-      return fail("cannot write", tmp);
-    }
-    off += static_cast<std::size_t>(n);
-  }
-  if (::fsync(fd.get()) != 0) return fail("cannot fsync", tmp);
-  // The lock (on `fd`) covers the rename; it ends when fd closes at return.
-  if (::rename(tmp.c_str(), target.c_str()) != 0) return fail("cannot rename into place", target);
-  fsync_path(target.parent_path(), true);
-  return true;
+  return detail::write_file_durably(target, text, "commit: " + target.filename().string(),
+                                    {.missing_directory_ok = enoent_ok});
 }
 
 // Reads a small file whole, refusing (before reading) one larger than `cap`.
