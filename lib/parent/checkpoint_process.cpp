@@ -63,6 +63,7 @@
 #include "shmckpt/writer.hpp"
 #include "core/placement.hpp"
 #include "core/util.hpp"
+#include "format/layout.hpp"
 #include "parent/parent_commit.hpp"
 
 namespace shmckpt {
@@ -260,9 +261,9 @@ struct child {
 };
 
 // Whether `name` is the default writer's temporary file for `final_name` written by process
-// `pid`: `.<final_name>.tmp.<pid>.<n>` (see temp_file in lib/writer.cpp).
+// `pid`: `.<final_name>.tmp.<pid>.<n>` (detail::temp_file_name, lib/format/layout.hpp).
 bool is_temp_file_of(const std::string& name, const std::string& final_name, int pid) {
-  const std::string prefix = "." + final_name + ".tmp." + std::to_string(pid) + ".";
+  const std::string prefix = detail::temp_prefix(final_name) + std::to_string(pid) + ".";
   if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
   return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
                      [](char ch) { return ch >= '0' && ch <= '9'; });
