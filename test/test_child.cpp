@@ -134,7 +134,8 @@ class gate_writer : public checkpoint_writer {
 };
 
 // A healthy writer that takes its time: reports progress every 10 ms while it waits for the file
-// named by kwarg "gate" (creating "<gate>.waiting" first), or for kwarg "ms" milliseconds; then
+// named by kwarg "gate" (creating "<gate>.waiting" after its first report), or for kwarg "ms"
+// milliseconds; then
 // creates <path>/done. Bounded at 60 s.
 class progress_writer : public checkpoint_writer {
  public:
@@ -142,13 +143,16 @@ class progress_writer : public checkpoint_writer {
     using clock = std::chrono::steady_clock;
     auto gate = kw.find("gate");
     auto ms = kw.find("ms");
-    if (gate != kw.end()) std::ofstream(gate->second + ".waiting") << ::getpid();
     auto end = clock::now() + (ms != kw.end() ? std::chrono::milliseconds(std::stol(ms->second))
                                               : std::chrono::milliseconds(60000));
     int n = 0;
+    // The first report is on the socket before <gate>.waiting appears: a test that stops this
+    // child once it sees the file knows the parent has been told what the child was doing.
+    report_progress("waiting for the gate, round " + std::to_string(++n));
+    if (gate != kw.end()) std::ofstream(gate->second + ".waiting") << ::getpid();
     while (clock::now() < end && !(gate != kw.end() && std::filesystem::exists(gate->second))) {
-      report_progress("waiting for the gate, round " + std::to_string(++n));
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      report_progress("waiting for the gate, round " + std::to_string(++n));
     }
     std::filesystem::create_directories(path);
     std::ofstream(path / "done") << n;
