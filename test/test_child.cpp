@@ -135,8 +135,7 @@ class gate_writer : public checkpoint_writer {
 
 // A healthy writer that takes its time: reports progress every 10 ms while it waits for the file
 // named by kwarg "gate" (creating "<gate>.waiting" after its first report), or for kwarg "ms"
-// milliseconds; then
-// creates <path>/done. Bounded at 60 s.
+// milliseconds; then creates <path>/done. Bounded at 60 s.
 class progress_writer : public checkpoint_writer {
  public:
   void write(const state_dict&, const std::filesystem::path& path, const kwargs& kw) override {
