@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <string>
 #include <system_error>
 
 #include "shmckpt/error.hpp"
@@ -59,6 +61,37 @@ regular_file open_regular_file(const std::filesystem::path& path, const std::str
   if (flags >= 0) ::fcntl(f.fd.get(), F_SETFL, flags & ~O_NONBLOCK);
   f.size = static_cast<std::uint64_t>(st.st_size);
   return f;
+}
+
+std::optional<std::string> read_small_regular_file(const std::filesystem::path& p, std::uint64_t cap,
+                                                   const char* what) {
+  // Never a blocking open: a FIFO named like a manifest must not hang a scan.
+  regular_file f;
+  try {
+    f = open_regular_file(p, std::string(what) + " '" + p.string() + "'");
+  } catch (const error& e) {
+    if (e.kind() == errc::not_found) return std::nullopt;
+    throw;
+  }
+  if (f.size > cap)
+    throw_error(errc::corrupt_data, std::string(what) + " '" + p.string() + "' is " +
+                                        std::to_string(f.size) + " bytes, more than the " +
+                                        std::to_string(cap) + " bytes one can be");
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(f.fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      throw_error(errc::io_error, std::string("cannot read ") + what + " '" + p.string() +
+                                      "': " + os_message(errno));
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > cap)  // grew while read
+      throw_error(errc::corrupt_data, std::string(what) + " '" + p.string() +
+                                          "' grew past " + std::to_string(cap) + " bytes");
+  }
+  return text;
 }
 
 }  // namespace shmckpt::detail

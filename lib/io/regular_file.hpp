@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -30,5 +31,12 @@ struct regular_file {
 /// exist, error(io_error) "<label>: is a FIFO, not a regular file" (or a socket, a device, a
 /// directory) and error(io_error) with the OS reason when it cannot be opened or examined.
 regular_file open_regular_file(const std::filesystem::path& path, const std::string& label);
+
+/// The whole of the small regular file `path` (through open_regular_file, so never a blocking
+/// open), or nullopt when it does not exist. A file larger than `cap` bytes (before reading, or
+/// grown while read) is error(corrupt_data) "<what> '<path>' is N bytes, more than ...";
+/// `what` names the file's role ("manifest", "arrival").
+std::optional<std::string> read_small_regular_file(const std::filesystem::path& path,
+                                                   std::uint64_t cap, const char* what);
 
 }  // namespace shmckpt::detail

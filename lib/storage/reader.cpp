@@ -25,7 +25,7 @@
 // template untouched.
 #include "shmckpt/reader.hpp"
 
-#include "shmckpt/commit.hpp"
+#include "shmckpt/checkpoint_dir.hpp"
 #include "shmckpt/layout.hpp"
 
 #include <fcntl.h>
@@ -93,7 +93,7 @@ fs::path resolve(const fs::path& file_or_dir, int rank) {
 }
 
 // A directory is a checkpoint only once its manifest is published and its rank files are the
-// ones the manifest lists (commit.hpp, verify_checkpoint: names, sizes, header checksums).
+// ones the manifest lists (checkpoint_dir.hpp, verify_checkpoint: names, sizes, header checksums).
 fs::path resolve_complete(const fs::path& file_or_dir, int rank, bool allow_incomplete) {
   fs::path file = resolve(file_or_dir, rank);  // validates the rank first
   std::error_code ec;

@@ -51,7 +51,7 @@
 
 #include "launcher.hpp"
 #include "shmckpt/checkpointer.hpp"
-#include "shmckpt/commit.hpp"
+#include "shmckpt/checkpoint_dir.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
 #include "shmckpt/state_dict.hpp"

@@ -6,7 +6,7 @@
 // show.cpp, diff.cpp, verify.cpp) as one `int run_<name>(const std::vector<std::string>&)`;
 // adding one means writing that function and one line in main.cpp's `commands`.
 //
-// All reading and validation is the library's (reader.hpp, commit.hpp), and so are the names
+// All reading and validation is the library's (reader.hpp, checkpoint_dir.hpp), and so are the names
 // of a checkpoint directory (layout.hpp) and the escaping of untrusted text (lib/format/
 // text.hpp: names and strings come from untrusted files). What is here is only how the tool
 // shows things: values on one line or as JSON (values.cpp), tensor elements (values.cpp), and
@@ -32,7 +32,7 @@
 #include <boost/program_options.hpp>
 
 #include "format/text.hpp"  // printable, quote_string, utf8_lossy, hex_bytes, human_bytes
-#include "shmckpt/commit.hpp"
+#include "shmckpt/checkpoint_dir.hpp"
 #include "shmckpt/reader.hpp"
 #include "shmckpt/state_dict.hpp"
 
