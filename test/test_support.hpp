@@ -6,6 +6,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <cstdlib>
@@ -14,7 +15,9 @@
 #include <functional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "shmckpt/error.hpp"
 
@@ -113,6 +116,24 @@ inline std::set<std::string> dev_shm_entries() {
   for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
     out.insert(e.path().filename());
   return out;
+}
+
+/// Names of the files in `dir`, sorted.
+inline std::vector<std::string> listing(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// A BOOST_CHECK_EXCEPTION predicate: the error has code `want` and its message contains `phrase`
+/// (the message is logged when it fails).
+inline auto expect_error(errc want, std::string phrase) {
+  return [want, phrase](const error& e) {
+    BOOST_TEST_INFO("message: " << e.what());
+    return e.kind() == want && std::string_view(e.what()).find(phrase) != std::string_view::npos;
+  };
 }
 
 }  // namespace shmckpt::test

@@ -4,21 +4,9 @@
 #include <boost/test/unit_test.hpp>
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/statfs.h>
-#include <sys/statvfs.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
-
-#include <bit>
-#include <cmath>
 #include <cstring>
-#include <fstream>
-#include <limits>
-#include <random>
-
-#include <boost/json.hpp>
 
 #include "core/progress.hpp"
 #include "io/durable_file.hpp"
@@ -26,31 +14,15 @@
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
 #include "shmckpt/writer.hpp"
+#include "test_support.hpp"
 
 using namespace shmckpt;
 using shmckpt_test::random_tensor;
 using shmckpt_test::read_file;
 using shmckpt_test::scratch_dir;
+using shmckpt::test::expect_error;
+using shmckpt::test::listing;
 namespace fs = std::filesystem;
-
-namespace {
-
-// Names of the files in `dir`, sorted.
-std::vector<std::string> listing(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-auto expect_error(errc want, std::string phrase) {
-  return [want, phrase](const error& e) {
-    BOOST_TEST_INFO("message: " << e.what());
-    return e.kind() == want && std::string_view(e.what()).find(phrase) != std::string_view::npos;
-  };
-}
-
-}  // namespace
 
 namespace {
 

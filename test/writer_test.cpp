@@ -25,32 +25,20 @@
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
 #include "shmckpt/writer.hpp"
+#include "test_support.hpp"
 
 using namespace shmckpt;
 using shmckpt_test::random_tensor;
 using shmckpt_test::read_file;
 using shmckpt_test::scratch_dir;
+using shmckpt::test::expect_error;
+using shmckpt::test::listing;
 namespace fs = std::filesystem;
 
 namespace {
 
 
-// Names of the files in `dir`, sorted.
-std::vector<std::string> listing(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 bool has_code(const error& e, errc want) { return e.kind() == want; }
-
-auto expect_error(errc want, std::string phrase) {
-  return [want, phrase](const error& e) {
-    BOOST_TEST_INFO("message: " << e.what());
-    return e.kind() == want && std::string_view(e.what()).find(phrase) != std::string_view::npos;
-  };
-}
 
 double bits_to_double(std::uint64_t b) { return std::bit_cast<double>(b); }
 

@@ -52,24 +52,24 @@ const json::value& field(const json::object& o, const char* key) {
   return *v;
 }
 
-std::int64_t int_field(const json::object& o, const char* key) {
+// The integer field `key` as a T; json_fail "field '<key>' is not <what> (<value>)" otherwise.
+template <class T>
+T number_field(const json::object& o, const char* key, const char* what) {
   const json::value& v = field(o, key);
   boost::system::error_code ec;
-  auto n = v.is_number() ? v.to_number<std::int64_t>(ec) : 0;
+  T n = v.is_number() ? v.to_number<T>(ec) : T{};
   if (!v.is_number() || ec)
-    throw json_fail(std::string("field '") + key + "' is not an integer that fits 64 bits (" +
+    throw json_fail(std::string("field '") + key + "' is not " + what + " (" +
                     json::serialize(v).substr(0, 64) + ")");
   return n;
 }
 
+std::int64_t int_field(const json::object& o, const char* key) {
+  return number_field<std::int64_t>(o, key, "an integer that fits 64 bits");
+}
+
 std::uint64_t uint_field(const json::object& o, const char* key) {
-  const json::value& v = field(o, key);
-  boost::system::error_code ec;
-  auto n = v.is_number() ? v.to_number<std::uint64_t>(ec) : 0;
-  if (!v.is_number() || ec)
-    throw json_fail(std::string("field '") + key + "' is not a non-negative 64-bit integer (" +
-                    json::serialize(v).substr(0, 64) + ")");
-  return n;
+  return number_field<std::uint64_t>(o, key, "a non-negative 64-bit integer");
 }
 
 std::string string_field(const json::object& o, const char* key) {
