@@ -373,7 +373,26 @@ py::tuple load_common(py::handle path, py::handle template_, bool strict, bool a
   return py::make_tuple(shmckpt::python::to_python_in_place(r.state, c), py::cast(r.missing));
 }
 
-class py_async {
+// What both checkpointer classes offer alike: load and rank, over Derived::checked().
+template <class Derived>
+class py_checkpointer_base {
+ public:
+  py::tuple load(py::handle path, py::handle template_, bool strict, bool allow_incomplete,
+                 bool verify_checksums) {
+    auto& c = static_cast<Derived*>(this)->checked();
+    return load_common(
+        path, template_, strict, allow_incomplete, verify_checksums,
+        [&](auto& p, auto& o) { return c.load(p, o); },
+        [&](auto& p, auto& t, auto& o) { return c.load(p, t, o); });
+  }
+
+  py::tuple rank() {
+    auto r = static_cast<Derived*>(this)->checked().rank();
+    return py::make_tuple(r.rank, r.world_size);
+  }
+};
+
+class py_async : public py_checkpointer_base<py_async> {
  public:
   explicit py_async(const py::dict& options) {
     auto p = parse_config(options, true);
@@ -400,19 +419,6 @@ class py_async {
     return py::make_tuple(waitable(f.staging, keep), waitable(f.write));
   }
 
-  py::tuple load(py::handle path, py::handle template_, bool strict, bool allow_incomplete,
-                 bool verify_checksums) {
-    auto& c = checked();
-    return load_common(
-        path, template_, strict, allow_incomplete, verify_checksums,
-        [&](auto& p, auto& o) { return c.load(p, o); },
-        [&](auto& p, auto& t, auto& o) { return c.load(p, t, o); });
-  }
-
-  py::tuple rank() {
-    auto r = checked().rank();
-    return py::make_tuple(r.rank, r.world_size);
-  }
   int child_pid() { return checked().process().child_pid(); }
   std::size_t segment_free_bytes() { return checked().process().segment_free_bytes(); }
 
@@ -425,6 +431,7 @@ class py_async {
   }
 
  private:
+  friend py_checkpointer_base<py_async>;
   async_checkpointer& checked() {
     if (!c_) throw_error(errc::closed, "AsyncCheckpointer used after close()");
     return *c_;
@@ -440,7 +447,7 @@ class py_async {
   std::unique_ptr<async_checkpointer> c_;
 };
 
-class py_sync {
+class py_sync : public py_checkpointer_base<py_sync> {
  public:
   explicit py_sync(const py::dict& options) {
     auto p = parse_config(options, true);
@@ -456,22 +463,10 @@ class py_sync {
     nogil([&] { c_->save(target, c.tree, k); });
   }
 
-  py::tuple load(py::handle path, py::handle template_, bool strict, bool allow_incomplete,
-                 bool verify_checksums) {
-    auto& c = checked();
-    return load_common(
-        path, template_, strict, allow_incomplete, verify_checksums,
-        [&](auto& p, auto& o) { return c.load(p, o); },
-        [&](auto& p, auto& t, auto& o) { return c.load(p, t, o); });
-  }
-
-  py::tuple rank() {
-    auto r = checked().rank();
-    return py::make_tuple(r.rank, r.world_size);
-  }
   void close() { c_.reset(); }
 
  private:
+  friend py_checkpointer_base<py_sync>;
   sync_checkpointer& checked() {
     if (!c_) throw_error(errc::closed, "SyncCheckpointer used after close()");
     return *c_;
