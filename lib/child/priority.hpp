@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "shmckpt/checkpoint_process.hpp"
+#include "shmckpt/child_priority.hpp"
 
 namespace shmckpt::detail {
 
