@@ -39,7 +39,10 @@ shmckpt::unique_fd open_checked(const fs::path& p, int flags) {
   return fd;
 }
 
-// Writes all of p[0, n) at `off` in io_chunk pieces, resuming after short writes and EINTR.
+// Writes all of p[0, n) at `off` in io_chunk pieces, resuming after short writes and EINTR. The
+// library's loop (detail::durable_file::pwrite_all) belongs to its temporary-file sequence
+// (O_EXCL temp file, lock, fallocate, rename, directory fsync); the baseline is deliberately
+// the plain open + write + fsync, so it keeps its own loop.
 void pwrite_all(int fd, const std::byte* p, std::size_t n, std::uint64_t off,
                 const fs::path& path) {
   while (n > 0) {

@@ -45,7 +45,7 @@ class bench {
   void add(const figure_spec& spec, const reading& r) { add(make_figure(spec, r)); }
 
   /// What a section leaves for a later one (sections run in run()'s order).
-  struct carried {
+  struct carried_results {
     /// write() return per (size, tensors): handoff → flatness.
     std::map<std::pair<std::uint64_t, std::uint64_t>, stats> write_return;
     /// Median memcpy seconds per size: staging → end-to-end.

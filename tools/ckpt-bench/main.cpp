@@ -141,8 +141,10 @@ int main(int argc, char** argv) {
     bench b(c, echo);
     b.run();
     run.wall_seconds = seconds_since(t0);
-    if (c.json) print_json(b.figures(), run);
-    else print_table(b.figures(), run);
+    if (c.json)
+      print_json(b.figures(), run);
+    else
+      print_table(b.figures(), run);
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "ckpt-bench: " << e.what() << "\n";

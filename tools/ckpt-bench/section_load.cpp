@@ -47,16 +47,16 @@ void cold(bench& b, std::uint64_t s, const fs::path& file, std::size_t per) {
   }
   b.progress("load, cold cache: " + size_label(s));
   std::vector<double> shm, base;
-  interleave(std::max(b.reps() / 2, 1) + (c.smoke ? 0 : 1), {{&base,
-                                                              [&](int) {
-                                                                drop_caches();
-                                                                return rate(
-                                                                    s, raw_read_tensors(file, per));
-                                                              }},
-                                                             {&shm, [&](int) {
-                                                                drop_caches();
-                                                                return copying_read(file, s);
-                                                              }}});
+  auto plain_once = [&](int) {
+    drop_caches();
+    return rate(s, raw_read_tensors(file, per));
+  };
+  auto shmckpt_once = [&](int) {
+    drop_caches();
+    return copying_read(file, s);
+  };
+  interleave(std::max(b.reps() / 2, 1) + (c.smoke ? 0 : 1),
+             {{&base, plain_once}, {&shm, shmckpt_once}});
   r.value = summarize(shm);
   r.baseline = summarize(base);
   b.add(figures::load_cold, r);
@@ -72,16 +72,17 @@ void run_load(bench& b, std::uint64_t s, bool largest) {
   raw_read_file(file);  // in page cache now
   std::vector<double> shm, view, base, base_one;
   volatile std::uint64_t sink = 0;
+  auto view_once = [&](int) {
+    auto t0 = mono_ns();
+    auto sd = read(file);
+    sink = sink + read_all(sd);
+    return rate(s, seconds_since(t0));
+  };
   interleave(std::max(b.reps(), 3),
              {{&base, [&](int) { return rate(s, raw_read_tensors(file, per)); }},
               {&base_one, [&](int) { return rate(s, raw_read_file(file)); }},
               {&shm, [&](int) { return copying_read(file, s); }},
-              {&view, [&](int) {
-                 auto t0 = mono_ns();
-                 auto sd = read(file);
-                 sink = sink + read_all(sd);
-                 return rate(s, seconds_since(t0));
-               }}});
+              {&view, view_once}});
   reading r{.value = summarize(shm),
             .baseline = summarize(base),
             .size = s,

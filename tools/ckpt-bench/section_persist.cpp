@@ -82,31 +82,31 @@ void run_persist(bench& b, std::uint64_t s, bool largest) {
   };
   std::vector<double> shm, shm_buffered, buffered, direct, hash;
   volatile std::uint64_t sink = 0;
-  interleave(
-      b.reps(),
-      {{&hash,
-        [&](int) {
-          auto t0 = mono_ns();
-          sink = sink + XXH3_64bits(src.get(), s);
-          return rate(s, seconds_since(t0));
-        }},
-       {&buffered,
-        [&](int) { return rate(s, raw_durable_write(raw_file, src.get(), s, raw_io::buffered)); }},
-       {&direct,
-        [&](int) { return rate(s, raw_durable_write(raw_file, src.get(), s, raw_io::direct)); }},
-       {&shm_buffered,
-        [&](int r) {
-          fs::path dir = checkpoint_dir("persist-buffered-", r);
-          double v = persist_into(pb, sdb, dir);
-          fs::remove_all(dir);
-          return v;
-        }},
-       {&shm, [&](int r) {
-          fs::path dir = checkpoint_dir("persist-", r);
-          double v = persist_into(p, sd, dir);
-          if (r + 1 < b.reps()) fs::remove_all(dir);  // the last one is loaded later
-          return v;
-        }}});
+  auto hash_once = [&](int) {
+    auto t0 = mono_ns();
+    sink = sink + XXH3_64bits(src.get(), s);
+    return rate(s, seconds_since(t0));
+  };
+  auto raw_once = [&](raw_io io) {
+    return [&, io](int) { return rate(s, raw_durable_write(raw_file, src.get(), s, io)); };
+  };
+  auto buffered_writer_once = [&](int r) {
+    fs::path dir = checkpoint_dir("persist-buffered-", r);
+    double v = persist_into(pb, sdb, dir);
+    fs::remove_all(dir);
+    return v;
+  };
+  auto default_writer_once = [&](int r) {
+    fs::path dir = checkpoint_dir("persist-", r);
+    double v = persist_into(p, sd, dir);
+    if (r + 1 < b.reps()) fs::remove_all(dir);  // the last one is loaded later
+    return v;
+  };
+  interleave(b.reps(), {{&hash, hash_once},
+                        {&buffered, raw_once(raw_io::buffered)},
+                        {&direct, raw_once(raw_io::direct)},
+                        {&shm_buffered, buffered_writer_once},
+                        {&shm, default_writer_once}});
   // The better raw write of each repetition.
   std::vector<double> best(buffered.size());
   std::transform(buffered.begin(), buffered.end(), direct.begin(), best.begin(),

@@ -49,17 +49,17 @@ void steady(bench& b, std::uint64_t s, const private_state& priv) {
   auto dst = private_buffer(s, 0);
   parallel_memcpy(dst.get(), priv.mem.get(), s, b.threads());  // warm
   std::vector<double> shm, base;
-  interleave(
-      std::max(b.reps(), 3),
-      {{&base,
-        [&](int) { return rate(s, parallel_memcpy(dst.get(), priv.mem.get(), s, b.threads())); }},
-       {&shm, [&](int) {
-          auto t0 = mono_ns();
-          auto snap = st.stage(priv.sd);
-          double t = seconds_since(t0);
-          snap = {};  // releases the generation
-          return rate(s, t);
-        }}});
+  auto copy_once = [&](int) {
+    return rate(s, parallel_memcpy(dst.get(), priv.mem.get(), s, b.threads()));
+  };
+  auto stage_once = [&](int) {
+    auto t0 = mono_ns();
+    auto snap = st.stage(priv.sd);
+    double t = seconds_since(t0);
+    snap = {};  // releases the generation
+    return rate(s, t);
+  };
+  interleave(std::max(b.reps(), 3), {{&base, copy_once}, {&shm, stage_once}});
   st.close();
   p.close();
   const std::string threads = std::to_string(b.threads());
@@ -78,25 +78,24 @@ void first(bench& b, std::uint64_t s, const private_state& priv) {
   b.progress("staging, first checkpoint: " + size_label(s));
   const config& c = b.cfg();
   std::vector<double> shm, base, create;
-  interleave(b.reps(),
-             {{&base,
-               [&](int) {
-                 fresh_shm fresh(s);
-                 return rate(s, parallel_memcpy(fresh.data(), priv.mem.get(), s, b.threads()));
-               }},
-              {&shm, [&](int) {
-                 auto t0 = mono_ns();
-                 checkpoint_process p(b.process_opts(segment_for(s, c.few_tensors), false));
-                 create.push_back(seconds_since(t0));
-                 stager st(p, staging_opts(b));
-                 t0 = mono_ns();
-                 auto snap = st.stage(priv.sd);
-                 double t = seconds_since(t0);
-                 snap = {};
-                 st.close();
-                 p.close();
-                 return rate(s, t);
-               }}});
+  auto copy_once = [&](int) {
+    fresh_shm fresh(s);
+    return rate(s, parallel_memcpy(fresh.data(), priv.mem.get(), s, b.threads()));
+  };
+  auto stage_once = [&](int) {
+    auto t0 = mono_ns();
+    checkpoint_process p(b.process_opts(segment_for(s, c.few_tensors), false));
+    create.push_back(seconds_since(t0));
+    stager st(p, staging_opts(b));
+    t0 = mono_ns();
+    auto snap = st.stage(priv.sd);
+    double t = seconds_since(t0);
+    snap = {};
+    st.close();
+    p.close();
+    return rate(s, t);
+  };
+  interleave(b.reps(), {{&base, copy_once}, {&shm, stage_once}});
   const std::string threads = std::to_string(b.threads());
   b.add(figures::staging_first, {.value = summarize(shm),
                                  .baseline = summarize(base),
