@@ -63,9 +63,12 @@ struct copy_strategy_choice {
 /// The process-wide automatic choice (thread-safe).
 copy_strategy_choice automatic_copy_strategy();
 
+/// The copy threads a stager uses when stager_options::threads is 0: one per available core, at
+/// most 4 (copies are memory-bound; more threads than memory channels only contend).
+std::size_t default_copy_threads() noexcept;
+
 struct stager_options {
-  /// Copy threads. 0: one per available core, at most 4 (copies are memory-bound; more threads
-  /// than memory channels only contend).
+  /// Copy threads. 0: default_copy_threads().
   std::size_t threads = 0;
   /// Snapshots that may be in use at once (2: stage N+1 while N is written).
   std::size_t generations = 2;

@@ -335,12 +335,12 @@ class copy_pool {
   std::vector<std::thread> threads_;
 };
 
-std::size_t default_threads() {
+}  // namespace
+
+std::size_t default_copy_threads() noexcept {
   unsigned hw = std::thread::hardware_concurrency();
   return std::clamp<std::size_t>(hw == 0 ? 1 : hw, 1, 4);
 }
-
-}  // namespace
 
 copy_strategy_choice automatic_copy_strategy() {
   copy_strategy_choice c;
@@ -376,7 +376,7 @@ struct stager::impl : std::enable_shared_from_this<impl> {
   impl(checkpoint_process& p, stager_options o)
       : proc(p),
         opts(o),
-        pool((opts.threads ? opts.threads : default_threads()) - 1) {
+        pool((opts.threads ? opts.threads : default_copy_threads()) - 1) {
     if (opts.generations == 0)
       throw_error(errc::invalid_argument, "stager_options::generations must be at least 1");
     check_environment();

@@ -3,6 +3,7 @@
 
 #include <iostream>
 
+#include "shmckpt/stager.hpp"
 #include "stats.hpp"
 
 namespace ckpt_bench {
@@ -10,7 +11,7 @@ namespace ckpt_bench {
 using namespace shmckpt;
 
 bench::bench(config c, echo_peer& echo) : c_(std::move(c)), echo_(echo) {
-  threads_ = c_.threads ? c_.threads : default_copy_threads();
+  threads_ = c_.threads ? c_.threads : shmckpt::default_copy_threads();  // as the stager
 }
 
 void bench::run() {

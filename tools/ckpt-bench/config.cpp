@@ -4,7 +4,6 @@
 #include <cctype>
 #include <sstream>
 #include <stdexcept>
-#include <thread>
 
 #include "stats.hpp"
 
@@ -65,11 +64,6 @@ writer_variant parse_variant(const std::string& text) {
       throw std::invalid_argument("variant '" + text + "': unknown part '" + part + "'");
   }
   return v;
-}
-
-std::size_t default_copy_threads() {
-  unsigned hw = std::thread::hardware_concurrency();
-  return std::clamp<std::size_t>(hw == 0 ? 1 : hw, 1, 4);
 }
 
 }  // namespace ckpt_bench

@@ -47,10 +47,4 @@ struct writer_variant {
 /// Throws std::invalid_argument naming the part it cannot read.
 writer_variant parse_variant(const std::string& text);
 
-/// The stager's copy-thread count for stager_options::threads = 0 (one per available core, at
-/// most 4; include/shmckpt/stager.hpp), so the memcpy baselines use as many threads as the
-/// stager. The library keeps its own rule private (lib/parent/stager.cpp, default_threads);
-/// this must stay the same rule.
-std::size_t default_copy_threads();
-
 }  // namespace ckpt_bench
