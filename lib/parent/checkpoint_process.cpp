@@ -65,6 +65,8 @@ std::uint64_t checkpoint_process::impl::next_attempt(const std::filesystem::path
   return ++attempts[dir.lexically_normal().string()];
 }
 
+// ---- start-up and restart --------------------------------------------------------------------
+
 void checkpoint_process::impl::start() {
   if (opts.store) {
     kwargs hook_args = opts.writer_args;
@@ -108,22 +110,20 @@ void checkpoint_process::impl::spawn_child() {
   auto c = std::make_shared<incarnation>(io, number, std::move(spawned.process));
   // Weak: the channel belongs to the incarnation, and must not keep it alive.
   std::weak_ptr<incarnation> w = c;
-  c->channel = detail::control_channel::open(
-      io, std::move(spawned.control),
-      {.response = [this, w](std::uint64_t id,
-                             protocol::response r) {
-         if (auto c = w.lock()) on_response(c, id, std::move(r));
-       },
-       .progress = [this, w](std::uint64_t id,
-                             std::string what) {
-         if (auto c = w.lock()) on_progress(c, id, std::move(what));
-       },
-       .broken = [this, w](std::string why) {
-         if (auto c = w.lock()) on_channel_broken(c, why);
-       },
-       .violation = [this, w](std::string what) {
-         if (auto c = w.lock()) on_protocol_violation(c, what);
-       }});
+  detail::control_channel::handlers on;
+  on.response = [this, w](std::uint64_t id, protocol::response r) {
+    if (auto c = w.lock()) on_response(c, id, std::move(r));
+  };
+  on.progress = [this, w](std::uint64_t id, std::string what) {
+    if (auto c = w.lock()) on_progress(c, id, std::move(what));
+  };
+  on.broken = [this, w](std::string why) {
+    if (auto c = w.lock()) on_channel_broken(c, why);
+  };
+  on.violation = [this, w](std::string what) {
+    if (auto c = w.lock()) on_protocol_violation(c, what);
+  };
+  c->channel = detail::control_channel::open(io, std::move(spawned.control), std::move(on));
   {
     std::lock_guard g(m);
     // The first child's handshake is ids 1 and 2 (writes start at 3); a replacement's takes
@@ -179,6 +179,8 @@ void checkpoint_process::impl::restart() {
   if (!final_error) final_error = failure;
   cv.notify_all();
 }
+
+// ---- the submit thread ----------------------------------------------------------------------
 
 void checkpoint_process::impl::submit_loop() {
   for (;;) {
@@ -244,6 +246,8 @@ void checkpoint_process::impl::send_locked(const std::shared_ptr<job>& j) {
   start_clock_locked(cur, *j);
   cur->channel->send(std::move(j->frame));
 }
+
+// ---- public operations ----------------------------------------------------------------------
 
 // Returns once a child serves writes, starting a replacement for a lost one first.
 void checkpoint_process::impl::wait_ready() {
