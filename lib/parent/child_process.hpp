@@ -13,7 +13,8 @@
 // zombie remains. Call it on the thread that runs the io_context the process is registered with,
 // before `run()` or from one of its handlers (see docs/design.md, "Boost 1.81 traps").
 //
-// Threads. Not thread-safe: the supervisor calls every member on its io thread, except `pid()`.
+// Threads. Not thread-safe: the supervisor calls every member on its io thread (`detach` once that
+// thread has ended, in close), except `pid()`, which is fixed at spawn.
 //
 // Also here, because they are about a child's end: `describe_status` (a wait status in words)
 // and `remove_dead_writers_temp_files` (what a dead writer left in the checkpoint directory).
