@@ -66,6 +66,30 @@ BOOST_AUTO_TEST_CASE(header_round_trips_with_fixed_little_endian_layout) {
   BOOST_TEST(h.type == static_cast<std::uint16_t>(p::message_type::write_checkpoint));
 }
 
+BOOST_AUTO_TEST_CASE(set_request_id_changes_only_the_id_of_an_encoded_frame) {
+  std::vector<std::byte> payload{std::byte{1}, std::byte{2}, std::byte{3}};
+  auto frame = p::make_frame(p::message_type::write_checkpoint, 0, payload);
+  const auto before = frame;
+  p::set_request_id(frame, 0x1122334455667788ull);
+  BOOST_TEST((frame == p::make_frame(p::message_type::write_checkpoint, 0x1122334455667788ull,
+                                     payload)));
+  for (std::size_t i = 0; i < frame.size(); ++i)
+    if (i < 8 || i >= 16)
+      BOOST_TEST(static_cast<int>(frame[i]) == static_cast<int>(before[i]), "byte " << i);
+  auto h = p::decode_header(header_of(frame));
+  BOOST_TEST(h.request_id == 0x1122334455667788ull);
+  BOOST_TEST(h.payload_bytes == 3u);
+  // A buffer too short to hold a header is refused, not written past.
+  std::vector<std::byte> short_frame(p::header_size - 1);
+  try {
+    p::set_request_id(short_frame, 1);
+    BOOST_FAIL("expected invalid_argument");
+  } catch (const error& e) {
+    BOOST_TEST(static_cast<int>(e.kind()) == static_cast<int>(errc::invalid_argument));
+    BOOST_TEST(std::string(e.what()).find("23 bytes") != std::string::npos);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(malformed_headers_are_rejected_with_a_reason) {
   auto good = p::make_frame(p::message_type::ping, 9, {});
   auto bad = good;

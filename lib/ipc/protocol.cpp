@@ -348,6 +348,16 @@ std::vector<std::byte> make_frame(message_type type, std::uint64_t request_id,
   return frame;
 }
 
+void set_request_id(std::span<std::byte> frame, std::uint64_t request_id) {
+  if (frame.size() < header_size)
+    throw_error(errc::invalid_argument, "cannot set the request id of a control frame of " +
+                                            std::to_string(frame.size()) +
+                                            " bytes: a frame starts with a " +
+                                            std::to_string(header_size) + "-byte header");
+  // Bytes 8..15, as encode_header writes them.
+  std::memcpy(frame.data() + 8, &request_id, sizeof request_id);
+}
+
 std::vector<std::byte> encode_init(const init_request& r) {
   byte_writer w;
   w.put_string(r.init_function);

@@ -113,6 +113,11 @@ frame_header decode_header(std::span<const std::byte, header_size> in);
 std::vector<std::byte> make_frame(message_type type, std::uint64_t request_id,
                                   std::span<const std::byte> payload);
 
+/// Sets the request id of an already encoded frame (its header's bytes 8..15), leaving every
+/// other byte as it is: a frame may be encoded before its id is assigned. Throws
+/// error(invalid_argument) for a buffer shorter than a header.
+void set_request_id(std::span<std::byte> frame, std::uint64_t request_id);
+
 struct init_request {
   std::string init_function;  // empty: no init function
   kwargs init_args;
