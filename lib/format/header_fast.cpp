@@ -61,6 +61,12 @@ class header_reader : public sax_base {
   std::vector<tensor_entry> entries;
   std::vector<std::pair<std::string, std::string>> metadata;
 
+  // `__metadata__`, read already (read_leading_metadata), as the first key of the root object.
+  void preset_metadata(std::vector<std::pair<std::string, std::string>> m) {
+    metadata = std::move(m);
+    root_keys_.push_back(XXH3_64bits("__metadata__", 12));
+  }
+
   bool on_object_begin(json::error_code& ec) {
     if (level_ == 0) {
       level_ = 1;
@@ -217,6 +223,96 @@ class checksums_reader : public sax_base {
   int level_ = 0;
 };
 
+// ---- the leading __metadata__ by hand -------------------------------------------------------
+//
+// Our writer puts `__metadata__` first (so does the Python safetensors library), and its values
+// (the tree and the checksum table: megabytes of JSON text full of escaped quotes) are what the
+// header spends most of its bytes on. Boost.JSON unescapes a string a byte at a time through a
+// small buffer once it has seen one escape; this reads that one object, when the header starts
+// with it exactly, in a tight loop, and hands the parser "{" and the rest of the header. Only
+// the plainest form is taken: no whitespace, string values, the short escapes (\" \\ \/ \b \f
+// \n \r \t); anything else (a \u escape, a number, a control character, a repeated key) gives
+// up, and the parser reads the whole header as before. The text is valid UTF-8 already
+// (checked first, and the parser would check no more strictly).
+
+constexpr std::string_view metadata_prefix = R"({"__metadata__":{)";
+
+// The JSON string whose opening quote is at text[i], unescaped, appended to `out`; returns the
+// position after its closing quote, or npos to give up.
+std::size_t scan_string(std::string_view text, std::size_t i, std::string& out) {
+  const char* p = text.data();
+  const std::size_t end = text.size();
+  char buf[16384];
+  std::size_t n = 0;
+  for (++i; i < end; ++i) {
+    if (n >= sizeof buf - 1) {
+      out.append(buf, n);
+      n = 0;
+    }
+    auto c = static_cast<unsigned char>(p[i]);
+    if (c == '"') {
+      out.append(buf, n);
+      return i + 1;
+    }
+    if (c < 0x20) return std::string_view::npos;  // a control character: invalid JSON
+    if (c != '\\') {
+      buf[n++] = static_cast<char>(c);
+      continue;
+    }
+    if (++i == end) return std::string_view::npos;
+    switch (p[i]) {
+      case '"': buf[n++] = '"'; break;
+      case '\\': buf[n++] = '\\'; break;
+      case '/': buf[n++] = '/'; break;
+      case 'b': buf[n++] = '\b'; break;
+      case 'f': buf[n++] = '\f'; break;
+      case 'n': buf[n++] = '\n'; break;
+      case 'r': buf[n++] = '\r'; break;
+      case 't': buf[n++] = '\t'; break;
+      default: return std::string_view::npos;  // \u (surrogates...) and errors: the parser's
+    }
+  }
+  return std::string_view::npos;
+}
+
+// When `text` starts with {"__metadata__":{...} in the plain form above, its entries into
+// `metadata` and, in `rest`, what the parser is to read after a "{": the rest of the root object.
+bool read_leading_metadata(std::string_view text,
+                           std::vector<std::pair<std::string, std::string>>& metadata,
+                           std::string_view& rest) {
+  if (!text.starts_with(metadata_prefix)) return false;
+  std::size_t i = metadata_prefix.size();
+  std::vector<std::uint64_t> keys;
+  if (i < text.size() && text[i] != '}') {
+    for (;;) {
+      if (i >= text.size() || text[i] != '"') return false;
+      std::string key, val;
+      i = scan_string(text, i, key);
+      if (i == std::string_view::npos || i >= text.size() || text[i] != ':') return false;
+      if (++i >= text.size() || text[i] != '"') return false;
+      i = scan_string(text, i, val);
+      if (i == std::string_view::npos || i >= text.size()) return false;
+      keys.push_back(XXH3_64bits(key.data(), key.size()));
+      metadata.emplace_back(std::move(key), std::move(val));
+      if (text[i] == '}') break;
+      if (text[i] != ',') return false;
+      ++i;
+    }
+  }
+  // text[i] is the metadata's closing brace; then either another key or the root's end.
+  if (++i >= text.size()) return false;
+  if (text[i] == ',') {
+    if (i + 1 >= text.size() || text[i + 1] != '"') return false;
+    ++i;
+  } else if (text[i] != '}') {
+    return false;
+  }
+  std::vector<std::uint64_t> table;
+  if (has_repeat(keys.data(), keys.size(), table)) return false;
+  rest = text.substr(i);
+  return true;
+}
+
 json::parse_options depth_limit(std::size_t max_depth) {
   json::parse_options opts;
   opts.max_depth = max_depth;
@@ -245,10 +341,21 @@ struct sax_pass {
 
 bool read_header_fast(std::string_view text, std::vector<tensor_entry>& entries,
                       std::vector<std::pair<std::string, std::string>>& metadata) {
-  sax_pass<header_reader> fast(text, 8);
-  if (!fast.ok) return false;
-  entries = std::move(fast.handler().entries);
-  metadata = std::move(fast.handler().metadata);
+  if (first_invalid_utf8(text) != std::string_view::npos) return false;
+  json::basic_parser<header_reader> p(depth_limit(8));
+  json::error_code ec;
+  std::vector<std::pair<std::string, std::string>> leading;
+  std::string_view rest = text;
+  if (read_leading_metadata(text, leading, rest)) {
+    p.handler().preset_metadata(std::move(leading));
+    p.write_some(true, "{", 1, ec);
+  } else {
+    rest = text;
+  }
+  std::size_t n = ec ? 0 : p.write_some(false, rest.data(), rest.size(), ec);
+  if (ec || n != rest.size()) return false;
+  entries = std::move(p.handler().entries);
+  metadata = std::move(p.handler().metadata);
   return true;
 }
 
