@@ -327,10 +327,18 @@ class fast_tree_reader {
         --size_;
         return true;
       case fkind::items: {
+        // The dict is built only now that its size is known: one allocation for its items, and
+        // for a large one an index sized once.
+        dict d;
+        if (f.keys == key_type::integer) d.set_key_type(key_type::integer);
+        d.reserve(f.items.size());
+        for (auto& [k, v] : f.items) d.insert_or_assign(std::move(k), std::move(v));
+        if (d.size() != f.items.size()) return give_up(ec);  // a repeated key
+        f.items.clear();
         for (auto [i, entry] : f.pending)
-          out_->tensors.emplace_back(&(f.d.begin() + static_cast<std::ptrdiff_t>(i))->second,
+          out_->tensors.emplace_back(&(d.begin() + static_cast<std::ptrdiff_t>(i))->second,
                                      entry);
-        value v(std::move(f.d));
+        value v(std::move(d));
         --size_;
         return deliver(std::move(v), no_entry, ec);
       }
@@ -409,7 +417,7 @@ class fast_tree_reader {
     std::size_t mark = 0;    // path length before this item's key or list element's index
     bool is_tuple = false;
     std::string key;
-    dict d;
+    std::vector<dict::item> items;  // items: the dict's items so far
     list l;
     std::vector<std::pair<std::size_t, std::size_t>> pending;  // (child index, entry)
   };
@@ -444,8 +452,7 @@ class fast_tree_reader {
     frame& f = push(fkind::items);
     f.depth = depth;
     f.keys = keys;
-    f.d = dict();
-    if (keys == key_type::integer) f.d.set_key_type(key_type::integer);
+    f.items.clear();
   }
   void push_list(std::size_t depth, bool is_tuple) {
     frame& f = push(fkind::list);
@@ -476,10 +483,9 @@ class fast_tree_reader {
     return deliver(std::move(v), no_entry, ec);
   }
 
-  // An item's key is complete: no repeats within the dict, and the path goes down into it.
-  bool key_done(frame& item, json::error_code& ec) {
-    const dict& d = stack_[size_ - 2].d;
-    if (d.find(item.key)) return give_up(ec);
+  // An item's key is complete: the path goes down into it. (Repeated keys are found when the
+  // dict is built, at its end.)
+  bool key_done(frame& item, json::error_code&) {
     item.mark = path_.size();
     push_path(path_, item.key);
     item.pos = 1;
@@ -501,8 +507,8 @@ class fast_tree_reader {
         }
         path_.resize(p.mark);
         frame& owner = stack_[size_ - 2];
-        if (entry != no_entry) owner.pending.emplace_back(owner.d.size(), entry);
-        owner.d.insert_or_assign(std::move(p.key), std::move(v));
+        if (entry != no_entry) owner.pending.emplace_back(owner.items.size(), entry);
+        owner.items.emplace_back(std::move(p.key), std::move(v));
         p.key.clear();
         p.pos = 2;
         return true;
