@@ -148,10 +148,16 @@ class header_reader : public sax_base {
       return true;
     }
     if (field_ != dtype) return give_up(ec);
-    auto t = dtype_from_name(whole(last));
+    std::string_view name = whole(last);
+    if (!have_dtype_ || name != last_dtype_name_) {  // files have few dtypes: look up changes
+      auto t = dtype_from_name(name);
+      if (!t) return give_up(ec);
+      last_dtype_name_.assign(name);
+      last_dtype_ = *t;
+      have_dtype_ = true;
+    }
     done_with_whole();
-    if (!t) return give_up(ec);
-    entry_.type = *t;
+    entry_.type = last_dtype_;
     return true;
   }
   bool on_int64(std::int64_t i, json::string_view, json::error_code& ec) {
@@ -186,6 +192,9 @@ class header_reader : public sax_base {
   std::size_t offsets_n_ = 0;
   std::uint64_t begin_ = 0, end_ = 0;
   std::vector<std::uint64_t> root_keys_, table_;
+  bool have_dtype_ = false;  // last_dtype_name_ names last_dtype_
+  std::string last_dtype_name_;
+  shmckpt::dtype last_dtype_ = shmckpt::dtype::f32;
 };
 
 // "shmckpt.checksums" in the order our writer records it: {entries[i].name: "<16 hex>"} for
@@ -345,9 +354,12 @@ bool read_leading_metadata(std::string_view text,
   return true;
 }
 
+// Every pass checks the whole text with first_invalid_utf8 before parsing, and Boost.JSON's own
+// check is no stricter: its second look at every string's bytes is skipped.
 json::parse_options depth_limit(std::size_t max_depth) {
   json::parse_options opts;
   opts.max_depth = max_depth;
+  opts.allow_invalid_utf8 = true;
   return opts;
 }
 

@@ -595,6 +595,7 @@ std::shared_ptr<decoded_tree> decode_tree_fast(std::string_view text,
   if (first_invalid_utf8(text) != std::string_view::npos) return nullptr;
   json::parse_options opts;
   opts.max_depth = 3 * max_tree_depth + 1;  // what parse_header gives parse_strict
+  opts.allow_invalid_utf8 = true;            // checked above, no less strictly
   json::basic_parser<fast_tree_reader> p(opts, entries, version);
   json::error_code ec;
   std::size_t n = p.write_some(false, text.data(), text.size(), ec);
