@@ -274,20 +274,25 @@ constexpr char short_escape(char c) noexcept {
 
 // The JSON string whose opening quote is at text[i], unescaped, appended to `out`; returns the
 // position after its closing quote, or npos to give up. Eight bytes at a time between escapes,
-// written straight into `out` (grown geometrically, cut to size at the end).
+// through a buffer on the stack; a string too long for it reserves room for the rest of the
+// text once (the unescaped string is no longer), so that a megabyte value is never regrown.
 std::size_t scan_string(std::string_view text, std::size_t i, std::string& out) {
   const char* const begin = text.data();
   const char* const end = begin + text.size();
   const char* s = begin + i + 1;
-  std::size_t n = out.size();  // bytes of `out` written
-  out.resize(n + 64);
+  char buf[16384];
+  std::size_t n = 0;  // bytes of buf written
   for (;;) {
-    if (out.size() - n < 16) out.resize(2 * out.size());
-    char* dst = out.data() + n;
+    if (sizeof buf - n < 8) {
+      if (out.capacity() - out.size() < static_cast<std::size_t>(end - s) + n)
+        out.reserve(out.size() + n + static_cast<std::size_t>(end - s));
+      out.append(buf, n);
+      n = 0;
+    }
     if (end - s >= 8) {
       std::uint64_t w;
       std::memcpy(&w, s, 8);
-      std::memcpy(dst, s, 8);  // the whole word; bytes from the first special one are rewritten
+      std::memcpy(buf + n, s, 8);  // the whole word; bytes from the first special one are rewritten
       std::uint64_t m = special_bytes(w);
       if (m == 0) {
         n += 8;
@@ -300,18 +305,18 @@ std::size_t scan_string(std::string_view text, std::size_t i, std::string& out) 
     } else if (s == end) {
       return std::string_view::npos;
     } else if (*s != '"' && *s != '\\' && static_cast<unsigned char>(*s) >= 0x20) {
-      out[n++] = *s++;
+      buf[n++] = *s++;
       continue;
     }
     // *s is a quote, a backslash or a control character.
     if (*s == '"') {
-      out.resize(n);
+      out.append(buf, n);
       return static_cast<std::size_t>(s + 1 - begin);
     }
     if (*s != '\\' || end - s < 2) return std::string_view::npos;  // control character
     char c = short_escape(s[1]);
     if (c == 0) return std::string_view::npos;
-    out[n++] = c;
+    buf[n++] = c;
     s += 2;
   }
 }

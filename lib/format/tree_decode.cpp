@@ -476,7 +476,7 @@ class fast_tree_reader {
     return true;
   }
 
-  bool scalar(value v, json::error_code& ec) {
+  bool scalar(value&& v, json::error_code& ec) {
     if (size_ == 0) return give_up(ec);
     std::size_t holder;
     if (!start_value(top(), holder)) return give_up(ec);
@@ -493,7 +493,7 @@ class fast_tree_reader {
   }
 
   // A finished value `v` (entries[entry] when it is a tensor's place) goes to the frame on top.
-  bool deliver(value v, std::size_t entry, json::error_code& ec) {
+  bool deliver(value&& v, std::size_t entry, json::error_code& ec) {
     frame& p = top();
     switch (p.k) {
       case fkind::tagged:  // a dict's or tuple's payload
