@@ -278,16 +278,13 @@ class fast_tree_reader {
   bool on_object_end(std::size_t, json::error_code& ec) {
     frame& f = top();
     if (f.k != fkind::tagged || !f.has_result) return give_up(ec);
-    role r = f.r;
-    std::size_t entry = f.entry;
-    value v = std::move(f.result);
-    --size_;
-    if (r == role::root) {
-      out_->root = std::move(v.as_dict());
+    --size_;  // `f` stays intact below the top: its result is moved from where it lies
+    if (f.r == role::root) {
+      out_->root = std::move(f.result.as_dict());
       root_done_ = true;
       return true;
     }
-    return deliver(std::move(v), entry, ec);
+    return deliver(std::move(f.result), f.entry, ec);
   }
 
   bool on_array_begin(json::error_code& ec) {
@@ -338,15 +335,14 @@ class fast_tree_reader {
         for (auto [i, entry] : f.pending)
           out_->tensors.emplace_back(&(d.begin() + static_cast<std::ptrdiff_t>(i))->second,
                                      entry);
-        value v(std::move(d));
         --size_;
-        return deliver(std::move(v), no_entry, ec);
+        return deliver(value(std::move(d)), no_entry, ec);
       }
       case fkind::list: {
         for (auto [i, entry] : f.pending) out_->tensors.emplace_back(&f.l[i], entry);
-        value v = f.is_tuple ? value(tuple(std::move(f.l))) : value(std::move(f.l));
         --size_;
-        return deliver(std::move(v), no_entry, ec);
+        return deliver(f.is_tuple ? value(tuple(std::move(f.l))) : value(std::move(f.l)),
+                       no_entry, ec);
       }
       case fkind::tagged: break;
     }
