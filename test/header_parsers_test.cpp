@@ -384,3 +384,50 @@ BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_on_mutated_headers) {
   BOOST_TEST(t.fast_accepted > 1000u);
   BOOST_TEST(t.exact_rejected > 1000u);
 }
+
+// The fast reader takes a leading {"__metadata__":{...} by hand when it is in the plainest form
+// (header_fast.cpp); every cut, deletion and odd spelling around it must still get the
+// validator's verdict.
+BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_around_the_leading_metadata) {
+  const std::string entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  const std::vector<std::string> bases = {
+      R"({"__metadata__":{"format":"pt","k":"v \"q\" \\ \/ \b\f\n\r\t"},)" + entry + "}",
+      R"({"__metadata__":{},)" + entry + "}  ",
+      R"({"__metadata__":{"x":"y"}})",
+      R"({"__metadata__":{"x":"y"},)" + entry + R"(,"__metadata__":{"z":"w"}})",
+  };
+  const std::vector<std::string> odd = {
+      R"({"__metadata__":{"x":"y"},})",
+      R"({"__metadata__":{"x":"y"}, )" + entry + "}",
+      R"({"__metadata__":{"x":"y"},,)" + entry + "}",
+      R"({"__metadata__":{"x":"y"} ,)" + entry + "}",
+      R"({"__metadata__":{"x" :"y"},)" + entry + "}",
+      R"({"__metadata__":{"x":"y",},)" + entry + "}",
+      R"({"__metadata__":{"x":"y","x":"z"},)" + entry + "}",
+      R"({"__metadata__":{"x":"y"},"a":{}})",
+      R"({"__metadata__":{"x":1},)" + entry + "}",
+      R"({"__metadata__":{"x":"\u0041\ud83d\ude00"},)" + entry + "}",
+      R"({"__metadata__":{"x":"\ud800"},)" + entry + "}",
+      R"({"__metadata__":{"x":"\q"},)" + entry + "}",
+      "{\"__metadata__\":{\"x\":\"a\tb\"}," + entry + "}",
+      "{\"__metadata__\":{\"x\":\"\x7f\"}," + entry + "}",
+      R"({"__metadata__":{"x":"y"}}x)",
+      R"({"__metadata__":{"x":"y"}}})",
+      R"({"__metadata__":{"x":"y"}])",
+      R"({"__metadata__":{"x":"y"})",
+      R"({"__metadata__":{"x":"y")",
+  };
+  tally t;
+  for (const auto& b : bases) {
+    for (std::size_t n = 0; n <= b.size(); ++n)
+      check_agreement({"prefix", b.substr(0, n), 8}, t);
+    for (std::size_t i = 0; i < b.size(); ++i) {
+      check_agreement({"deleted", b.substr(0, i) + b.substr(i + 1), 8}, t);
+      for (const char* c : {",", "}", " ", "\"", "\\"})
+        check_agreement({"inserted", b.substr(0, i) + c + b.substr(i), 8}, t);
+    }
+  }
+  for (const auto& o : odd) check_agreement({"odd", o, 8}, t);
+  BOOST_TEST(t.fast_accepted >= 4u);
+  BOOST_TEST(t.exact_rejected > 1000u);
+}

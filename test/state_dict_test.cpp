@@ -217,3 +217,43 @@ BOOST_AUTO_TEST_CASE(placement_mark_survives_copies_and_reads_and_clears_on_any_
     BOOST_TEST(dict_placement::get(sd) == 0u, name << " left the mark in place");
   }
 }
+
+// Small dicts keep no hash index (lookups scan) and large ones do; a dict growing or shrinking
+// across that size must find, keep order and erase exactly the same.
+BOOST_AUTO_TEST_CASE(dict_lookups_order_and_erase_agree_below_and_above_the_index_size) {
+  for (std::size_t n : {0u, 1u, 7u, 8u, 9u, 16u, 40u}) {
+    dict d;
+    if (n > 20) d.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      d.insert_or_assign("k" + std::to_string(i), static_cast<std::int64_t>(i));
+      for (std::size_t j = 0; j <= i; ++j) BOOST_TEST(d.at("k" + std::to_string(j)).as_int() == j);
+      BOOST_TEST(!d.contains("k" + std::to_string(i + 1)));
+    }
+    BOOST_TEST(d.size() == n);
+    if (n) {  // reassigning keeps the place
+      d.insert_or_assign("k0", std::int64_t{-1});
+      BOOST_TEST(d.begin()->first == "k0");
+      BOOST_TEST(d.begin()->second.as_int() == -1);
+      BOOST_TEST(d.size() == n);
+    }
+    dict copy = d;
+    // Erase every other key, then check what is left, in order, in the dict and its copy.
+    for (std::size_t i = 0; i < n; i += 2) BOOST_TEST(d.erase("k" + std::to_string(i)));
+    BOOST_TEST(!d.erase("absent"));
+    std::size_t expect = 1;
+    for (const auto& [k, v] : d) {
+      BOOST_TEST(k == "k" + std::to_string(expect));
+      BOOST_TEST(d.find(k) == &v);
+      expect += 2;
+    }
+    BOOST_TEST(d.size() == n / 2);
+    for (std::size_t i = 0; i < n; ++i) BOOST_TEST(d.contains("k" + std::to_string(i)) == (i % 2 == 1));
+    BOOST_TEST(copy.size() == n);
+    for (std::size_t i = 1; i < n; ++i) BOOST_TEST(copy.at("k" + std::to_string(i)).as_int() == i);
+    // Grow the shrunk dict again past the index size.
+    for (std::size_t i = 0; i < 20; ++i) d.insert_or_assign("z" + std::to_string(i), none);
+    for (std::size_t i = 0; i < 20; ++i) BOOST_TEST(d.contains("z" + std::to_string(i)));
+    for (std::size_t i = 1; i < n; i += 2) BOOST_TEST(d.contains("k" + std::to_string(i)));
+    BOOST_TEST(d.size() == n / 2 + 20);
+  }
+}

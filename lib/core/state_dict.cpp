@@ -1,5 +1,6 @@
 #include "shmckpt/state_dict.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "shmckpt/error.hpp"
@@ -239,20 +240,35 @@ value& dict::operator[](std::string_view key) {
   return insert_or_assign(std::string(key), value{});
 }
 
+// Small dicts (most of a model's: one per layer, a few keys each) have no hash index: a lookup
+// scans their items, which is faster than hashing and saves a node allocation per key. index_
+// is either empty, and then items_ holds at most small_dict_items keys, or it indexes every key.
+namespace {
+constexpr std::size_t small_dict_items = 8;
+}  // namespace
+
 value& dict::insert_or_assign(std::string key, value v) {
   unmark();
-  auto it = index_.find(key);
-  if (it != index_.end()) {
-    items_[it->second].second = std::move(v);
-    return items_[it->second].second;
+  if (value* existing = const_cast<value*>(find_const(key))) {
+    *existing = std::move(v);
+    return *existing;
   }
   check_key(key);
-  index_.emplace(key, items_.size());
+  if (!index_.empty()) index_.emplace(key, items_.size());
   items_.emplace_back(std::move(key), std::move(v));
+  if (index_.empty() && items_.size() > small_dict_items) {
+    index_.reserve(std::max(items_.capacity(), 2 * small_dict_items));
+    for (std::size_t i = 0; i < items_.size(); ++i) index_.emplace(items_[i].first, i);
+  }
   return items_.back().second;
 }
 
 const value* dict::find_const(std::string_view key) const noexcept {
+  if (index_.empty()) {
+    for (const auto& it : items_)
+      if (it.first == key) return &it.second;
+    return nullptr;
+  }
   auto it = index_.find(key);
   return it == index_.end() ? nullptr : &items_[it->second].second;
 }
@@ -277,11 +293,18 @@ const value& dict::at(std::string_view key) const {
 
 void dict::reserve(std::size_t n) {
   items_.reserve(n);
-  index_.reserve(n);
+  if (n > small_dict_items) index_.reserve(n);
 }
 
 bool dict::erase(std::string_view key) {
   unmark();
+  if (index_.empty()) {
+    auto it = std::find_if(items_.begin(), items_.end(),
+                           [&](const item& i) { return i.first == key; });
+    if (it == items_.end()) return false;
+    items_.erase(it);
+    return true;
+  }
   auto it = index_.find(key);
   if (it == index_.end()) return false;
   std::size_t pos = it->second;

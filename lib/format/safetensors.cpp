@@ -15,6 +15,7 @@
 #include "format/safetensors.hpp"
 
 #include <algorithm>
+#include <mutex>
 
 #include "format/header_exact.hpp"
 #include "format/header_fast.hpp"
@@ -141,14 +142,21 @@ parsed_header parse_header(std::string_view text, std::uint64_t data_size,
                     " (a newer shmckpt wrote it: upgrade the reader)");
   if (const std::string* tree = find_metadata(h, "shmckpt.tree")) {
     // Each dict level costs three JSON levels ({"dict": [[k, v]]}), a leaf object one more.
-    auto arena = std::make_unique<json::monotonic_resource>(tree->size() * 2 + 4096);
-    json::value root = parse_strict(*tree, 3 * max_tree_depth + 1,
-                                    label + ": __metadata__ 'shmckpt.tree'", arena.get());
-    if (root.is_null())
-      throw_error(errc::corrupt_data, label + ": __metadata__ 'shmckpt.tree' is null");
-    // Moved, never assigned: the value keeps pointing into its arena.
-    h.tree = std::make_shared<const json_document>(
-        json_document{std::move(arena), json::value(std::move(root))});
+    constexpr std::size_t depth = 3 * max_tree_depth + 1;
+    std::string what = label + ": __metadata__ 'shmckpt.tree'";
+    // The one-pass decoder builds the state dict now; when it gives up, the strict parse below
+    // names any syntax error, and build_state_dict's exact decoder any other.
+    if (how == header_parser::fast)
+      h.decoded = decode_tree_fast(*tree, h.entries, *version == format_version_2 ? 2 : 1);
+    if (h.decoded) {
+      h.tree = tree_document(*tree, depth, std::move(what));
+    } else {
+      auto arena = std::make_unique<json::monotonic_resource>(tree->size() * 2 + 4096);
+      json::value root = parse_strict(*tree, depth, what, arena.get());
+      if (root.is_null()) throw_error(errc::corrupt_data, what + " is null");
+      // Moved, never assigned: the value keeps pointing into its arena.
+      h.tree = tree_document(json_document{std::move(arena), json::value(std::move(root))});
+    }
   }
   if (const std::string* sums = find_metadata(h, "shmckpt.checksums"))
     parse_checksums(h, *sums, label, how);
@@ -160,11 +168,52 @@ state_dict build_state_dict(const parsed_header& h,
                             const std::string& label) {
   if (!h.tree) {
     state_dict flat;
+    flat.reserve(h.entries.size());
     for (std::size_t i = 0; i < h.entries.size(); ++i)
       flat.insert_or_assign(h.entries[i].name, make_tensor(i));
     return flat;
   }
+  if (h.decoded && !h.decoded->taken.exchange(true)) {
+    for (const auto& [slot, i] : h.decoded->tensors) *slot = make_tensor(i);
+    return std::move(h.decoded->root);
+  }
   return decode_tree(h, make_tensor, label);
+}
+
+// ---- tree_document ---------------------------------------------------------------------------
+
+// json_document is moved around only by pointer: assigning its value would copy the DOM out of
+// its arena (see json_document).
+struct tree_document::state {
+  std::string text;  // until parsed
+  std::size_t max_depth = 0;
+  std::string what;
+  std::once_flag once;
+  std::unique_ptr<json_document> doc;
+};
+
+tree_document::tree_document(json_document doc) : state_(std::make_shared<state>()) {
+  state_->doc = std::make_unique<json_document>(std::move(doc));
+  std::call_once(state_->once, [] {});
+}
+
+tree_document::tree_document(std::string text, std::size_t max_depth, std::string what)
+    : state_(std::make_shared<state>()) {
+  state_->text = std::move(text);
+  state_->max_depth = max_depth;
+  state_->what = std::move(what);
+}
+
+const json_document& tree_document::operator*() const {
+  state& s = *state_;
+  std::call_once(s.once, [&s] {
+    auto arena = std::make_unique<json::monotonic_resource>(s.text.size() * 2 + 4096);
+    json::value root = parse_strict(s.text, s.max_depth, s.what, arena.get());
+    s.doc = std::make_unique<json_document>(
+        json_document{std::move(arena), json::value(std::move(root))});
+    std::string().swap(s.text);
+  });
+  return *s.doc;
 }
 
 }  // namespace shmckpt::detail

@@ -24,6 +24,7 @@
 // Thread safety: stateless; all functions are safe to call concurrently.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -117,14 +118,51 @@ struct json_document {
   boost::json::value root;
 };
 
+/// The "shmckpt.tree" document as a DOM: either parsed already, or held as text that has been
+/// validated and is parsed on first access (the one-pass decoder needs no DOM; only the exact
+/// decoder and the tests look at it). Copies share one document. Access is thread-safe.
+class tree_document {
+ public:
+  tree_document() = default;
+  /// A document parsed already.
+  explicit tree_document(json_document doc);
+  /// A document parsed from `text` on first access, with parse_strict's `max_depth`; `text` must
+  /// be one parse_strict accepts (errors would be reported as `what`).
+  tree_document(std::string text, std::size_t max_depth, std::string what);
+
+  /// Whether there is a document.
+  explicit operator bool() const noexcept { return state_ != nullptr; }
+  const json_document& operator*() const;
+  const json_document* operator->() const { return &**this; }
+
+ private:
+  struct state;
+  std::shared_ptr<state> state_;
+};
+
+/// The state dict the one-pass tree decoder (tree.hpp, decode_tree_fast) built while the header
+/// was read, with a none where every tensor goes: build_state_dict fills them in and hands the
+/// tree out, once.
+struct decoded_tree {
+  state_dict root;
+  /// Where each tensor goes, and which entry it is.
+  std::vector<std::pair<value*, std::size_t>> tensors;
+  /// Set by the build_state_dict that took `root`; later ones decode `parsed_header::tree`.
+  std::atomic<bool> taken{false};
+};
+
 /// The header of a file after validation.
 struct parsed_header {
   /// Every tensor, sorted by offset: contiguous from 0 to the end of the data section.
   std::vector<tensor_entry> entries;
   /// `__metadata__` in file order (all values are strings; the format demands it).
   std::vector<std::pair<std::string, std::string>> metadata;
-  /// The parsed "shmckpt.tree" document, or null when the file has none.
-  std::shared_ptr<const json_document> tree;
+  /// The "shmckpt.tree" document, or none when the file has none.
+  tree_document tree;
+  /// The tree as decoded in one pass while the header was read (fast parser only); null when
+  /// the file has no tree, the exact parser was asked for, or the one-pass decoder gave up on
+  /// it (build_state_dict then decodes `tree`, which names the error).
+  std::shared_ptr<decoded_tree> decoded;
   /// The recorded XXH3-64 per entry (parallel to `entries`), when the file records checksums.
   std::vector<std::uint64_t> checksums;
 };
@@ -151,6 +189,9 @@ const std::string* find_metadata(const parsed_header& h, std::string_view key);
 /// Rebuilds the state dict. With a tree, checks its structure and that it names every entry
 /// exactly once, at its own flattened path; without one, returns name → tensor in file order.
 /// `make_tensor(i)` yields the value for entries[i] (a tensor, or none when only validating).
+/// The first call on a header the one-pass decoder read takes its tree (h.decoded) and only
+/// fills in the tensors; later calls decode h.tree again. Not to be called concurrently on one
+/// header.
 state_dict build_state_dict(const parsed_header& h,
                             const std::function<value(std::size_t)>& make_tensor,
                             const std::string& label);

@@ -14,13 +14,16 @@
 // cannot represent (two tensors flattening to one name, "__metadata__" as a name, names that are
 // not UTF-8, too many dimensions, nesting deeper than the reader accepts). Decoding trusts
 // nothing: every node's shape is checked, every tensor of the header must appear exactly once
-// at its own path, and every failure is an error(corrupt_data) naming the path.
+// at its own path, and every failure is an error(corrupt_data) naming the path. Decoding has two
+// paths, like the header: a one-pass decoder working on the parser's events, which gives up at
+// anything unexpected, and the exact decoder over the strict DOM, which names every error.
 //
 // Thread safety: stateless; safe to call concurrently.
 #pragma once
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,6 +49,18 @@ inline std::string at_path(const std::string& path) {
 /// order (offsets not yet assigned). Returns whether the tree needs format version 2 (an
 /// integer-keyed dict or a tuple). Throws error(invalid_argument) as encode_header documents.
 bool encode_tree(const state_dict& sd, std::string& out, std::vector<planned_tensor>& tensors);
+
+/// The one-pass decoder: reads the tree document `text` (the value of "shmckpt.tree", of a file
+/// whose 'shmckpt.version' is `version` and whose entries, sorted by offset, are `entries`)
+/// straight from the JSON parser's events into a state dict, with no DOM. It accepts exactly
+/// what parse_strict and decode_tree together accept, and builds the same tree; like the fast
+/// header reader it names no error: at the first thing it does not expect (a syntax error, a
+/// node decode_tree would reject, a tensor missing from the tree) it gives up and returns null,
+/// and the caller takes the exact path (parse_strict, then decode_tree), which finds and names
+/// the error. test/tree_decoders_test.cpp holds the two to the same verdict.
+std::shared_ptr<decoded_tree> decode_tree_fast(std::string_view text,
+                                               const std::vector<tensor_entry>& entries,
+                                               int version);
 
 /// Rebuilds the state dict from `h.tree` (which must be set); see build_state_dict.
 state_dict decode_tree(const parsed_header& h,

@@ -191,14 +191,20 @@ void verify_entry(const mapped_checkpoint& m, std::size_t i) {
 }
 
 // Entry `i` as a tensor: a view of the mapping, or a private copy when asked for or when the
-// bytes miss their natural alignment (only in files from other writers).
-tensor entry_tensor(const mapped_checkpoint& m, std::size_t i, bool copy) {
+// bytes miss their natural alignment (only in files from other writers). `shape` is the
+// entry's shape, or the entry's shape moved out when the caller needs the entries no more.
+tensor entry_tensor(const mapped_checkpoint& m, std::size_t i, bool copy,
+                    std::vector<std::int64_t> shape) {
   const tensor_entry& e = m.header.entries[i];
   std::span<std::byte> bytes(m.data + e.offset, static_cast<std::size_t>(e.nbytes));
   bool aligned =
       reinterpret_cast<std::uintptr_t>(bytes.data()) % detail::element_alignment(e.type) == 0;
-  if (copy || !aligned) return tensor::copy_of(e.type, e.shape, bytes);
-  return tensor(e.type, e.shape, bytes, m.map);
+  if (copy || !aligned) return tensor::copy_of(e.type, std::move(shape), bytes);
+  return tensor(e.type, std::move(shape), bytes, m.map);
+}
+
+tensor entry_tensor(const mapped_checkpoint& m, std::size_t i, bool copy) {
+  return entry_tensor(m, i, copy, m.header.entries[i].shape);
 }
 
 // ---- read_into -------------------------------------------------------------------------------
@@ -360,7 +366,10 @@ state_dict read(const fs::path& file_or_dir, const read_options& options) {
       map_checkpoint(resolve_complete(file_or_dir, options.rank, options.allow_incomplete));
   if (options.verify_checksums)
     for (std::size_t i = 0; i < m.header.entries.size(); ++i) verify_entry(m, i);
-  auto make_tensor = [&](std::size_t i) -> value { return entry_tensor(m, i, options.copy); };
+  // Each entry becomes one tensor, and `m` goes away after: its shapes move into the tensors.
+  auto make_tensor = [&](std::size_t i) -> value {
+    return entry_tensor(m, i, options.copy, std::move(m.header.entries[i].shape));
+  };
   return detail::build_state_dict(m.header, make_tensor, m.label);
 }
 
