@@ -1,4 +1,5 @@
-// reader_test — read(), list_entries() and check_checksums() on good, foreign and hostile files.
+// reader_test — read(), list_entries() and check_checksums() on good, foreign and hostile files
+// (read_into: read_into_test).
 #define BOOST_TEST_MODULE reader_test
 #include <boost/test/unit_test.hpp>
 
@@ -16,8 +17,8 @@
 #include "hostile/hostile_files.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/reader.hpp"
-#include "ipc/segment.hpp"
 #include "shmckpt/writer.hpp"
+#include "reader_support.hpp"
 
 using namespace shmckpt;
 using shmckpt_test::random_tensor;
@@ -25,44 +26,12 @@ using shmckpt_test::read_file;
 using shmckpt_test::safetensors_bytes;
 using shmckpt_test::scratch_dir;
 using shmckpt_test::write_file;
+using shmckpt_test::expect_error;
+using shmckpt_test::file_offset_of;
+using shmckpt_test::floats;
+using shmckpt_test::int64s;
 namespace fs = std::filesystem;
 
-namespace {
-
-
-std::string floats(std::initializer_list<float> v) {
-  std::string s(v.size() * 4, '\0');
-  std::memcpy(s.data(), v.begin(), s.size());
-  return s;
-}
-
-std::string int64s(std::initializer_list<std::int64_t> v) {
-  std::string s(v.size() * 8, '\0');
-  std::memcpy(s.data(), v.begin(), s.size());
-  return s;
-}
-
-auto expect_error(errc want, std::vector<std::string> phrases) {
-  return [want, phrases](const error& e) {
-    std::string m = e.what();
-    BOOST_TEST_INFO("message: " << m);
-    bool ok = e.kind() == want;
-    for (const auto& p : phrases) ok = ok && m.find(p) != std::string::npos;
-    return ok;
-  };
-}
-
-// Byte offset where tensor `name`'s bytes start in `file`.
-std::uint64_t file_offset_of(const fs::path& file, const std::string& name) {
-  std::string bytes = read_file(file);
-  std::uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
-  for (const auto& e : list_entries(file))
-    if (e.name == name) return 8 + n + e.offset;
-  throw std::runtime_error("no tensor " + name);
-}
-
-}  // namespace
 
 BOOST_AUTO_TEST_CASE(hand_written_spec_file_reads_as_a_flat_dict_in_file_order) {
   scratch_dir dir("reader");
@@ -404,240 +373,4 @@ BOOST_AUTO_TEST_CASE(list_entries_gives_contiguous_entries_with_checksums) {
   std::vector<std::string> keys;
   for (const auto& [k, v] : read(file)) keys.push_back(k);
   BOOST_TEST((keys == std::vector<std::string>{"x", "y", "z"}));
-}
-
-// ---- read_into: partial reads into a template ------------------------------------------------
-
-namespace {
-
-state_dict training_state() {
-  return {{"model", dict{{"w", random_tensor(dtype::f32, {4, 4}, 11)},
-                         {"layers", list{dict{{"b", random_tensor(dtype::bf16, {4}, 12)}}}}}},
-          {"optim", dict{{"lr", 0.001}, {"step", 1200}, {"betas", list{0.9, 0.999}}}},
-          {"name", "run-a"}};
-}
-
-}  // namespace
-
-BOOST_AUTO_TEST_CASE(read_into_fills_the_templates_own_buffers_in_place) {
-  scratch_dir dir("reader");
-  fs::path file = dir / "ckpt.safetensors";
-  state_dict saved = training_state();
-  write_safetensors(file, saved);
-
-  state_dict tmpl{{"model", dict{{"w", tensor::zeros(dtype::f32, {4, 4})},
-                                 {"layers", list{dict{{"b", tensor::zeros(dtype::bf16, {4})}}}}}},
-                  {"optim", dict{{"step", 0}, {"lr", none}}}};
-  std::byte* w_before = tmpl.at("model").as_dict().at("w").as_tensor().data();
-  std::byte* b_before =
-      tmpl.at("model").as_dict().at("layers").as_list()[0].as_dict().at("b").as_tensor().data();
-
-  read_into_options verify;
-  verify.verify_checksums = true;
-  read_result r = read_into(file, tmpl, verify);
-  BOOST_TEST(r.missing.empty());
-  // Only what was asked for: "optim.betas.*" and "name" stay behind.
-  BOOST_TEST((r.unexpected == std::vector<std::string>{"optim.betas.0", "optim.betas.1", "name"}));
-
-  const tensor& w = tmpl.at("model").as_dict().at("w").as_tensor();
-  BOOST_TEST(w.data() == w_before);  // same buffer, new bytes
-  BOOST_TEST((w == saved.at("model").as_dict().at("w").as_tensor()));
-  auto layer0_b = [](const state_dict& sd) -> const tensor& {
-    return sd.at("model").as_dict().at("layers").as_list()[0].as_dict().at("b").as_tensor();
-  };
-  BOOST_TEST(layer0_b(tmpl).data() == b_before);
-  BOOST_TEST((layer0_b(tmpl) == layer0_b(saved)));
-  BOOST_TEST(tmpl.at("optim").as_dict().at("step").as_int() == 1200);
-  BOOST_TEST(tmpl.at("optim").as_dict().at("lr").as_double() == 0.001);
-  // The result is the template, sharing its memory.
-  BOOST_TEST(r.state.at("model").as_dict().at("w").as_tensor().data() == w_before);
-  BOOST_TEST((r.state == tmpl));
-}
-
-BOOST_AUTO_TEST_CASE(read_into_matches_nested_templates_to_flat_foreign_files_by_path) {
-  scratch_dir dir("reader");
-  std::string header = R"({"model.w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
-  fs::path file = dir / "foreign.safetensors";
-  write_file(file, safetensors_bytes(header, floats({1.5f, -2})));
-  state_dict tmpl{{"model", dict{{"w", tensor::zeros(dtype::f32, {2})}}}};
-  read_into(file, tmpl);
-  auto w = tmpl.at("model").as_dict().at("w").as_tensor().data_as<float>();
-  BOOST_TEST((std::vector<float>(w.begin(), w.end()) == std::vector<float>{1.5f, -2}));
-}
-
-BOOST_AUTO_TEST_CASE(read_into_fills_tensors_that_live_in_a_shared_segment) {
-  scratch_dir dir("reader");
-  fs::path file = dir / "ckpt.safetensors";
-  state_dict saved = training_state();
-  write_safetensors(file, saved);
-  segment seg = segment::create(1 << 20);
-  tensor in_segment = seg.make_tensor(dtype::f32, {4, 4});
-  state_dict tmpl{{"model", dict{{"w", in_segment}}}};
-  read_into(file, tmpl);
-  BOOST_TEST(tmpl.at("model").as_dict().at("w").as_tensor().data() == in_segment.data());
-  BOOST_TEST((in_segment == saved.at("model").as_dict().at("w").as_tensor()));
-}
-
-BOOST_AUTO_TEST_CASE(read_into_reports_missing_keys_and_strict_mode_names_them) {
-  scratch_dir dir("reader");
-  fs::path file = dir / "ckpt.safetensors";
-  write_safetensors(file, training_state());
-  auto make_template = [] {
-    return state_dict{{"model", dict{{"w", tensor::zeros(dtype::f32, {4, 4})},
-                                     {"extra", tensor::zeros(dtype::f32, {3})}}},
-                      {"optim", dict{{"betas", list{0.0, 0.0, 0.0}}, {"gone", 5}}}};
-  };
-  state_dict tmpl = make_template();
-  read_result r = read_into(file, tmpl);
-  BOOST_TEST((r.missing ==
-              std::vector<std::string>{"model.extra", "optim.betas.2", "optim.gone"}));
-  BOOST_TEST(tmpl.at("optim").as_dict().at("betas").as_list()[1].as_double() == 0.999);
-  BOOST_TEST(tmpl.at("optim").as_dict().at("gone").as_int() == 5);  // untouched
-
-  state_dict strict_tmpl = make_template();
-  read_into_options strict;
-  strict.strict = true;
-  BOOST_CHECK_EXCEPTION(
-      read_into(file, strict_tmpl, strict), error,
-      expect_error(errc::not_found, {file.string(), "3 keys of the template are not in the file",
-                                     "'model.extra', 'optim.betas.2', 'optim.gone'"}));
-  // Nothing was written before the failure.
-  BOOST_TEST((strict_tmpl == make_template()));
-}
-
-BOOST_AUTO_TEST_CASE(read_into_rejects_shape_dtype_and_kind_mismatches_naming_both) {
-  scratch_dir dir("reader");
-  fs::path file = dir / "ckpt.safetensors";
-  write_safetensors(file, training_state());
-
-  state_dict shape{{"model", dict{{"w", tensor::zeros(dtype::f32, {4, 5})}}}};
-  BOOST_CHECK_EXCEPTION(
-      read_into(file, shape), error,
-      expect_error(errc::invalid_argument,
-                   {file.string(),
-                    "tensor 'model.w': checkpoint has F32 [4, 4], template has F32 [4, 5]"}));
-
-  state_dict type{{"model", dict{{"w", tensor::zeros(dtype::f16, {4, 4})}}},
-                  {"optim", dict{{"step", tensor::zeros(dtype::i64, {})}}}};
-  BOOST_CHECK_EXCEPTION(
-      read_into(file, type), error,
-      expect_error(errc::invalid_argument,
-                   {"tensor 'model.w': checkpoint has F32 [4, 4], template has F16 [4, 4]",
-                    "and 1 more key that do"}));
-
-  state_dict kind{{"optim", dict{{"step", tensor::zeros(dtype::i64, {})}}}};
-  BOOST_CHECK_EXCEPTION(
-      read_into(file, kind), error,
-      expect_error(errc::invalid_argument,
-                   {"key 'optim.step': checkpoint has int, template has tensor I64 []"}));
-  state_dict container{{"name", dict{{"first", 1}}}};
-  BOOST_CHECK_EXCEPTION(read_into(file, container), error,
-                        expect_error(errc::invalid_argument,
-                                     {"key 'name': checkpoint has string, template has dict"}));
-
-  // A failed request leaves the template's bytes alone, even the keys that did match.
-  tensor w = tensor::zeros(dtype::f32, {4, 4});
-  state_dict partly{{"model", dict{{"w", w}}},
-                    {"optim", dict{{"lr", tensor::zeros(dtype::f32, {1})}}}};
-  BOOST_CHECK_THROW(read_into(file, partly), error);
-  BOOST_TEST((w == tensor::zeros(dtype::f32, {4, 4})));
-}
-
-BOOST_AUTO_TEST_CASE(read_into_placeholders_take_the_files_tensor_as_it_is) {
-  scratch_dir dir("reader");
-  fs::path file = dir / "ckpt.safetensors";
-  state_dict saved = training_state();
-  write_safetensors(file, saved);
-  state_dict tmpl{{"model", dict{{"w", tensor{}}}}};
-  read_into(file, tmpl);
-  BOOST_TEST((tmpl.at("model").as_dict().at("w") == saved.at("model").as_dict().at("w")));
-}
-
-BOOST_AUTO_TEST_CASE(read_into_verifies_checksums_of_requested_tensors_only) {
-  scratch_dir dir("reader");
-  fs::path file = dir / "ckpt.safetensors";
-  write_safetensors(file, training_state());
-  std::string bytes = read_file(file);
-  bytes[file_offset_of(file, "model.layers.0.b") + 1] ^= 0x10;
-  write_file(file, bytes);
-
-  read_into_options verify;
-  verify.verify_checksums = true;
-  state_dict w_only{{"model", dict{{"w", tensor::zeros(dtype::f32, {4, 4})}}}};
-  BOOST_CHECK_NO_THROW(read_into(file, w_only, verify));
-  tensor b = tensor::zeros(dtype::bf16, {4});
-  state_dict with_b{{"model", dict{{"layers", list{dict{{"b", b}}}}}}};
-  BOOST_CHECK_EXCEPTION(read_into(file, with_b, verify), error,
-                        expect_error(errc::corrupt_data,
-                                     {"tensor 'model.layers.0.b'", "checksum mismatch"}));
-  BOOST_TEST((b == tensor::zeros(dtype::bf16, {4})));
-}
-
-BOOST_AUTO_TEST_CASE(read_into_errors_for_missing_files_duplicate_leaves_and_hostile_files) {
-  scratch_dir dir("reader");
-  state_dict tmpl{{"a", tensor::zeros(dtype::f32, {2})}};
-  BOOST_CHECK_EXCEPTION(read_into(dir / "nope.safetensors", tmpl), error,
-                        expect_error(errc::not_found, {"nope.safetensors", "no such file"}));
-  read_into_options rank2;
-  rank2.rank = 2;
-  rank2.allow_incomplete = true;
-  BOOST_CHECK_EXCEPTION(read_into(dir.path(), tmpl, rank2), error,
-                        expect_error(errc::not_found, {"checkpoint_2.safetensors"}));
-
-  write_safetensors(dir / "ok.safetensors", {{"a", dict{{"b", 1}}}});
-  state_dict twice{{"a.b", 0}, {"a", dict{{"b", 0}}}};
-  BOOST_CHECK_EXCEPTION(read_into(dir / "ok.safetensors", twice), error,
-                        expect_error(errc::invalid_argument, {"two leaves named 'a.b'"}));
-
-  for (const auto& c : shmckpt_test::hostile_cases()) {
-    BOOST_TEST_CONTEXT("hostile case " << c.name) {
-      fs::path file = dir / (c.name + ".safetensors");
-      write_file(file, c.bytes);
-      BOOST_CHECK_EXCEPTION(read_into(file, tmpl), error,
-                            expect_error(errc::corrupt_data, {c.expect}));
-    }
-  }
-}
-
-BOOST_AUTO_TEST_CASE(check_checksums_reports_progress_up_to_the_total) {
-  scratch_dir dir("reader");
-  fs::path file = dir / "ckpt.safetensors";
-  write_safetensors(file, training_state());
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
-  check_checksums_options options;
-  options.progress = [&](std::uint64_t done, std::uint64_t total) {
-    calls.emplace_back(done, total);
-  };
-  auto checks = check_checksums(file, options);
-  BOOST_TEST(checks.size() == 2u);
-  BOOST_TEST_REQUIRE(calls.size() >= 2u);
-  BOOST_TEST(calls.back().first == 72u);
-  BOOST_TEST(calls.back().second == 72u);
-  for (std::size_t i = 1; i < calls.size(); ++i) BOOST_TEST(calls[i].first >= calls[i - 1].first);
-}
-
-BOOST_AUTO_TEST_CASE(one_set_of_read_options_serves_read_and_read_into) {
-  static_assert(std::is_same_v<read_options, read_into_options>);
-  scratch_dir dir("reader");
-  write_safetensors(checkpoint_file_path(dir.path(), 1), {{"w", random_tensor(dtype::f32, {4}, 9)}});
-  read_options o;
-  o.rank = 1;
-  o.allow_incomplete = true;  // no manifest: the file was written without the commit
-  o.copy = true;
-  state_dict a = read(dir.path(), o);
-  BOOST_TEST((a.at("w").as_tensor() == random_tensor(dtype::f32, {4}, 9)));
-  BOOST_TEST((read(dir.path(), read_options{.allow_incomplete = true}, 1) == a));  // rank apart
-
-  // A placeholder is replaced by a private copy with `copy`, by a view of the mapping without.
-  state_dict tmpl{{"w", tensor{}}}, tmpl2 = tmpl;
-  read_result copied = read_into(dir.path(), tmpl, o);
-  read_options view = o;
-  view.copy = false;
-  read_result viewed = read_into(dir.path(), tmpl2, view);
-  const tensor& c = copied.state.at("w").as_tensor();
-  const tensor& v = viewed.state.at("w").as_tensor();
-  BOOST_TEST((c == v));
-  BOOST_TEST(c.data() != v.data());
-  auto file = read_file(checkpoint_file_path(dir.path(), 1));
-  BOOST_TEST(std::memcmp(c.data(), file.data() + file.size() - 16, 16) == 0);
 }

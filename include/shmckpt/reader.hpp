@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "shmckpt/state_dict.hpp"
+#include "shmckpt/tensor_entry.hpp"
 
 namespace shmckpt {
 
@@ -103,16 +104,6 @@ struct read_result {
 /// template's tensors while it runs.
 read_result read_into(const std::filesystem::path& file_or_dir, state_dict& template_,
                       const read_options& options = {});
-
-/// One entry of a checkpoint file's header, for listing without touching tensor bytes.
-struct tensor_entry {
-  std::string name;                  // flattened key path
-  dtype type;                        //
-  std::vector<std::int64_t> shape;   //
-  std::uint64_t offset = 0;          // start of the bytes within the data section
-  std::uint64_t nbytes = 0;          //
-  std::string checksum;              // "xxh3:<16 hex digits>", or empty when not recorded
-};
 
 /// The validated header of a checkpoint file: its tensor entries in file order (ascending
 /// offset). Validates exactly what `read` validates except the tensor bytes, which it never

@@ -22,7 +22,7 @@
 #include <utility>
 #include <vector>
 
-#include "shmckpt/reader.hpp"
+#include "shmckpt/tensor_entry.hpp"
 
 namespace shmckpt::detail {
 

@@ -38,7 +38,7 @@
 #include <boost/json/value.hpp>
 
 #include "format/text.hpp"
-#include "shmckpt/reader.hpp"
+#include "shmckpt/tensor_entry.hpp"
 #include "shmckpt/state_dict.hpp"
 
 namespace shmckpt::detail {
