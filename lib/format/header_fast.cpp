@@ -9,6 +9,7 @@
 #include <boost/json/basic_parser_impl.hpp>
 
 #include "format/safetensors.hpp"
+#include "format/sax_base.hpp"
 #include "format/strict_json.hpp"
 #include "format/text.hpp"
 
@@ -16,47 +17,6 @@ namespace shmckpt::detail {
 namespace json = boost::json;
 
 namespace {
-
-// Shared plumbing: give-up, and strings that may arrive in pieces.
-class sax_base {
- public:
-  static constexpr std::size_t max_object_size = json::object::max_size();
-  static constexpr std::size_t max_array_size = json::array::max_size();
-  static constexpr std::size_t max_key_size = json::string::max_size();
-  static constexpr std::size_t max_string_size = json::string::max_size();
-
-  bool on_document_begin(json::error_code&) { return true; }
-  bool on_document_end(json::error_code&) { return true; }
-  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
-    part_.append(s.data(), s.size());
-    return true;
-  }
-  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
-    part_.append(s.data(), s.size());
-    return true;
-  }
-  bool on_number_part(json::string_view, json::error_code&) { return true; }
-  bool on_double(double, json::string_view, json::error_code& ec) { return give_up(ec); }
-  bool on_bool(bool, json::error_code& ec) { return give_up(ec); }
-  bool on_null(json::error_code& ec) { return give_up(ec); }
-  bool on_comment_part(json::string_view, json::error_code&) { return true; }
-  bool on_comment(json::string_view, json::error_code&) { return true; }
-
- protected:
-  static bool give_up(json::error_code& ec) {
-    ec = make_error_code(json::error::syntax);
-    return false;
-  }
-  // The whole string or key, given its last piece; valid until the next call.
-  std::string_view whole(json::string_view last) {
-    if (part_.empty()) return {last.data(), last.size()};
-    part_.append(last.data(), last.size());
-    return part_;
-  }
-  void done_with_whole() { part_.clear(); }
-
-  std::string part_;
-};
 
 // The header: {"__metadata__": {string: string, ...}, name: {"dtype", "shape", "data_offsets"}}.
 class header_reader : public sax_base {

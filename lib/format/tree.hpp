@@ -26,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "format/safetensors.hpp"
@@ -44,6 +45,33 @@ inline void push_path(std::string& path, std::string_view part) {
 inline std::string at_path(const std::string& path) {
   return path.empty() ? std::string("at the root") : "at " + quote_name(path);
 }
+
+/// Finds header entries by name for the tree decoders. Our writer lists the tree's tensors in
+/// header order (per alignment class), so the entry after the last one found is tried first;
+/// a hash index is built only when that guess misses.
+class entry_finder {
+ public:
+  static constexpr std::size_t npos = std::size_t(-1);
+  explicit entry_finder(const std::vector<tensor_entry>& entries) : entries_(entries) {}
+
+  /// The index of the entry named `name`, or npos.
+  std::size_t find(std::string_view name) {
+    if (next_ < entries_.size() && entries_[next_].name == name) return next_++;
+    if (index_.empty()) {
+      index_.reserve(entries_.size());
+      for (std::size_t i = 0; i < entries_.size(); ++i) index_.emplace(entries_[i].name, i);
+    }
+    auto it = index_.find(name);
+    if (it == index_.end()) return npos;
+    next_ = it->second + 1;
+    return it->second;
+  }
+
+ private:
+  const std::vector<tensor_entry>& entries_;
+  std::size_t next_ = 0;
+  std::unordered_map<std::string_view, std::size_t> index_;  // views of the entries' names
+};
 
 /// Appends the tree document of `sd` to `out` and every tensor of it to `tensors`, in tree
 /// order (offsets not yet assigned). Returns whether the tree needs format version 2 (an
