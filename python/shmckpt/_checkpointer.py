@@ -86,9 +86,8 @@ class _Closing:
             pass
 
 
-class _Checkpointer(_Closing):
-    """What both checkpointers share: load, the rank they save as, and the barrier they commit
-    through."""
+class _Committing(_Closing):
+    """What commits across ranks: the barrier it commits through (barrier=, store_scope=)."""
 
     _server = None
 
@@ -114,6 +113,11 @@ class _Checkpointer(_Closing):
     def barrier(self):
         """"store" when saves commit through a distributed store, else "file"."""
         return "store" if self._server is not None else "file"
+
+
+class _Checkpointer(_Committing):
+    """What both checkpointers share: load, the rank they save as, and the barrier they commit
+    through."""
 
     def load(self, path, state_dict=None, *, strict=False, allow_incomplete=False,
              verify_checksums=False):
@@ -145,7 +149,6 @@ class AsyncCheckpointer(_Checkpointer):
     init_function, init_args, and the child's priority: child_nice, child_policy ("inherit",
     "normal", "batch", "idle"), child_io_class ("inherit", "best_effort", "idle"),
     child_io_level (0-7), child_cpus (a list of CPU numbers). Times are in seconds.
-    init_function, init_args. Times are in seconds.
 
     barrier: how the ranks commit. None (the default): through torch.distributed's store when
     torch.distributed is initialised (then rank and world_size default to its own), else the
@@ -216,7 +219,7 @@ class SyncCheckpointer(_Checkpointer):
             self._close_server()
 
 
-class CheckpointProcess(_Closing):
+class CheckpointProcess(_Committing):
     """One long-lived native checkpoint child (shmckpt::checkpoint_process).
 
     Options: segment_bytes (0: grows as needed; else its cap), initial_segment_bytes (64 MiB),
@@ -224,11 +227,18 @@ class CheckpointProcess(_Closing):
     worker_path (a child binary that registers init functions and writer factories),
     init_function / init_args, writer_factory ("default") / writer_args, rank, world_size,
     child_nice / child_policy / child_io_class / child_io_level / child_cpus (the child's
-    priority, as for AsyncCheckpointer).
+    priority, as for AsyncCheckpointer), and barrier / store_scope / commit_timeout (600 s):
+    how the default writer's ranks commit, as for AsyncCheckpointer (through torch.distributed's
+    store when it is initialised, else the file barrier in the child).
     """
 
     def __init__(self, **options):
-        self._core = _core.CheckpointProcess(options)
+        options = self._configure(options, "shmckpt-process-store")
+        try:
+            self._core = _core.CheckpointProcess(options)
+        except BaseException:
+            self._close_server()
+            raise
         self._writes = _Resolver("shmckpt-process-write")
         self._closed = False
         _register(self)
@@ -275,8 +285,11 @@ class CheckpointProcess(_Closing):
         if getattr(self, "_closed", True) or not self._mine():
             return
         self._closed = True
-        self._core.close()
-        self._writes.close()
+        try:
+            self._core.close()
+        finally:
+            self._close_server()  # after the core: its last commits still use the store
+            self._writes.close()
 
 
 def load(path, state_dict=None, *, strict=False, rank=None, allow_incomplete=False,

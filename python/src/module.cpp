@@ -163,23 +163,35 @@ parsed_config parse_config(const py::dict& opts, bool checkpointer) {
       p.config.staging.generations = v.cast<std::size_t>();
     else if (checkpointer && key == "staging_timeout")
       p.config.staging.acquire_timeout = seconds_option(v, "staging_timeout");
-    else if (checkpointer && key == "commit_timeout")
-      p.config.commit_timeout = seconds_option(v, "commit_timeout");
-    else if (checkpointer && key == "commit_store") {  // set by the Python layer from barrier=
-      if (!v.is_none()) p.config.store = v.cast<std::shared_ptr<shmckpt::python::store_bridge>>();
-    } else if (checkpointer && key == "store_scope")
-      p.config.store_scope = v.is_none() ? "" : std::string(py::str(v));
-    else
+    else if (key == "commit_timeout") {
+      if (checkpointer)
+        p.config.commit_timeout = seconds_option(v, "commit_timeout");
+      else
+        po.commit_timeout = seconds_option(v, "commit_timeout");
+    } else if (key == "commit_store") {  // set by the Python layer from barrier=
+      if (v.is_none()) continue;
+      auto bridge = v.cast<std::shared_ptr<shmckpt::python::store_bridge>>();
+      if (checkpointer)
+        p.config.store = bridge;
+      else
+        po.store = bridge;
+    } else if (key == "store_scope") {
+      std::string scope = v.is_none() ? "" : std::string(py::str(v));
+      if (checkpointer)
+        p.config.store_scope = scope;
+      else
+        po.store_scope = scope;
+    } else
       throw_error(errc::invalid_argument,
                   "unknown option '" + key +
                       "'; known: segment_bytes, initial_segment_bytes, init_timeout, "
                       "shutdown_timeout, progress_timeout, prefault, worker_path, init_function, "
                       "init_args, "
                       "writer_factory, writer_args, child_nice, child_policy, child_io_class, "
-                      "child_io_level, child_cpus, rank, world_size" +
+                      "child_io_level, child_cpus, rank, world_size, commit_timeout, barrier, "
+                      "store_scope" +
                       std::string(checkpointer ? ", staging_threads, staging_generations, "
-                                                 "staging_timeout, commit_timeout, barrier, "
-                                                 "store_scope"
+                                                 "staging_timeout"
                                                : ""));
   }
   return p;

@@ -66,6 +66,22 @@ if mode == "commit":
         except shmckpt.Error as e:
             out["error_sync"] = str(e)
     done_and_wait()
+elif mode == "process":
+    # CheckpointProcess, the low-level API, commits through the store too: the same obstacle.
+    d = os.path.join(root, "step_1")
+    os.makedirs(d, exist_ok=True)
+    if rank == 0:
+        with open(os.path.join(d, ".commit"), "w") as f:
+            f.write("not a directory\n")
+    dist.barrier()
+    with shmckpt.CheckpointProcess(commit_timeout=60) as cp:
+        out["barrier"] = cp.barrier
+        out["error_1"] = error_text(cp.write(sd(1), d))
+    with shmckpt.CheckpointProcess(barrier="file", commit_timeout=5) as cp:
+        out["file_barrier"] = cp.barrier
+        out["error_file"] = error_text(cp.write(sd(2), os.path.join(root, "step_2_file")))
+        # ... which needs no obstacle to work: a directory of its own commits.
+    done_and_wait()
 elif mode == "file-control":
     # The same obstacle under the file barrier: the save must fail (the check has teeth).
     d = os.path.join(root, "step_1")

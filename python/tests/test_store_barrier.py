@@ -65,6 +65,20 @@ def test_three_ranks_commit_through_the_store_and_never_touch_a_commit_directory
     assert torch.equal(back["w"], torch.full((1024,), 202.0))
 
 
+def test_checkpoint_process_commits_through_the_store_by_default(tmp_path):
+    res = run_ranks("process", tmp_path)
+    for r in range(3):
+        out = res[r]["out"]
+        assert out is not None, res[r]["stderr"]
+        assert out["barrier"] == "store", out
+        assert out["error_1"] == "", out
+        assert out["file_barrier"] == "file" and out["error_file"] == "", out
+    with open(tmp_path / "step_1" / "checkpoint.json") as f:
+        assert [e["rank"] for e in json.load(f)["ranks"]] == [0, 1, 2]
+    assert (tmp_path / "step_1" / ".commit").is_file()  # nobody made .commit/
+    assert shmckpt.load(tmp_path / "step_2_file", rank=1)["step"] == 2
+
+
 def test_the_file_barrier_would_have_needed_the_commit_directory(tmp_path):
     # The control for the test above: the same obstacle fails a file-barrier save.
     res = run_ranks("file-control", tmp_path)
