@@ -299,3 +299,107 @@ BOOST_AUTO_TEST_CASE(fast_and_exact_tree_decoders_agree_on_mutated_trees) {
   BOOST_TEST(t.fast_decoded > 250u);
   BOOST_TEST(t.rejected > 5000u);
 }
+
+// ---- large trees ------------------------------------------------------------------------------
+//
+// Files of 16 000 tensors (a tree document over 256 KiB), through the one-pass decoder and the
+// exact path: valid, broken in the tree's structure or in the names of its tensors, broken in
+// the entries or the layout around a valid tree, and randomly mutated.
+
+namespace {
+
+// Our writer's file of a state dict with `blocks` × 32 tensors (and a list, a tuple, scalars):
+// a tree document of about 40 bytes per tensor.
+file_case large_file(int blocks, bool checksums) {
+  state_dict sd;
+  dict layers;
+  layers.set_key_type(key_type::integer);
+  for (int b = 0; b < blocks; ++b) {
+    dict block;
+    for (int w = 0; w < 32; ++w)
+      block.insert_or_assign("weight_" + std::to_string(w), tensor::zeros(dtype::f32, {1}));
+    block.insert_or_assign("scale", 0.5);
+    layers.insert_or_assign(std::to_string(b), std::move(block));
+  }
+  sd.insert_or_assign("layers", std::move(layers));
+  list l;
+  l.push_back(tensor::zeros(dtype::u8, {3}));
+  l.push_back(tuple{std::string("x"), tensor::zeros(dtype::bf16, {2})});
+  sd.insert_or_assign("extra", std::move(l));
+  detail::encoded_header enc = detail::encode_header(sd, checksums);
+  std::string file = enc.bytes;
+  for (const auto& t : enc.tensors)
+    file.append(reinterpret_cast<const char*>(t.source->data()), t.source->nbytes());
+  auto c = from_file("large_" + std::to_string(blocks), file);
+  BOOST_REQUIRE(c);
+  return std::move(*c);
+}
+
+// `s` with the first `from` replaced by `to` (which must be there).
+std::string replaced(std::string s, const std::string& from, const std::string& to) {
+  std::size_t i = s.find(from);
+  BOOST_REQUIRE(i != std::string::npos);
+  return s.replace(i, from.size(), to);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(fast_and_exact_tree_decoders_agree_on_large_trees) {
+  for (bool checksums : {false, true}) {
+    file_case c = large_file(512, checksums);
+    auto tree = tree_of(c);
+    BOOST_REQUIRE(tree);
+    BOOST_REQUIRE(tree->size() >= 256u * 1024);
+    tally t;
+
+    check_agreement(c, t);  // valid: decoded in one pass
+    BOOST_TEST(t.fast_decoded == 1u);
+    BOOST_TEST(t.rejected == 0u);
+
+    // The tree's structure is fine but a tensor it names has no entry (its key renamed with it).
+    std::string renamed = replaced(*tree, R"(["weight_7",{"tensor":"layers.300.weight_7"}])",
+                                   R"(["weightX7",{"tensor":"layers.300.weightX7"}])");
+    check_agreement(*with_tree(c, renamed, "renamed tensor"), t);
+    // A tensor dropped from the tree: an entry named nowhere.
+    std::string dropped = replaced(*tree, R"(["weight_7",{"tensor":"layers.300.weight_7"}],)", "");
+    check_agreement(*with_tree(c, dropped, "dropped tensor"), t);
+    // One tensor named twice (a second key flattening to the same path).
+    std::string twice = replaced(*tree, R"(["weight_7",{"tensor":"layers.300.weight_7"}])",
+                                 R"(["weight_7",{"tensor":"layers.300.weight_7"}],)"
+                                 R"(["weight_7",{"tensor":"layers.300.weight_7"}])");
+    check_agreement(*with_tree(c, twice, "tensor twice"), t);
+    // A name that is not its own path.
+    std::string moved = replaced(*tree, R"({"tensor":"layers.300.weight_7"})",
+                                 R"({"tensor":"layers.301.weight_7"})");
+    check_agreement(*with_tree(c, moved, "tensor not at its path"), t);
+    // A syntax error at the very end of the tree.
+    check_agreement(*with_tree(c, tree->substr(0, tree->size() - 1), "truncated tree"), t);
+    // The tree is fine; the entries after it are not (the one-pass entry reader gives up, or
+    // the layout check fails).
+    check_agreement(file_case{"unknown entry field", replaced(c.text, R"("dtype":"F32")",
+                                                              R"("dtype":"F32","x":1)"),
+                              c.data_size},
+                    t);
+    check_agreement(file_case{"wrong dtype", replaced(c.text, R"("dtype":"F32")",
+                                                      R"("dtype":"F64")"),
+                              c.data_size},
+                    t);
+    check_agreement(file_case{"data section too long", c.text, c.data_size + 4}, t);
+    check_agreement(file_case{"newer version", replaced(c.text, R"("shmckpt.version":"2")",
+                                                        R"("shmckpt.version":"3")"),
+                              c.data_size},
+                    t);
+    check_agreement(file_case{"version 1 with an integer-keyed dict",
+                              replaced(c.text, R"("shmckpt.version":"2")",
+                                       R"("shmckpt.version":"1")"),
+                              c.data_size},
+                    t);
+    BOOST_TEST(t.rejected == t.cases - 1);
+
+    std::mt19937_64 rng(checksums ? 11 : 12);
+    for (int i = 0; i < 40; ++i) {
+      std::string m = mutated(*tree, rng);
+      if (auto mc = with_tree(c, m, "large/mutation_" + std::to_string(i))) check_agreement(*mc, t);
+    }
+  }
+}
