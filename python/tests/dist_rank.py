@@ -42,16 +42,19 @@ def error_text(fut):
         return f"{type(e).__name__}: {e}"
 
 
-if mode == "commit":
+def block_commit_directory(*dirs):
     # A regular file where the file barrier would make its .commit/ directory: any attempt to
-    # create or use it fails the save.
-    for step in (1, 2):
-        d = os.path.join(root, f"step_{step}")
+    # create or use it fails the save. Every rank waits until rank 0 has put it there.
+    for d in dirs:
         os.makedirs(d, exist_ok=True)
         if rank == 0:
             with open(os.path.join(d, ".commit"), "w") as f:
                 f.write("not a directory\n")
     dist.barrier()
+
+
+if mode == "commit":
+    block_commit_directory(*(os.path.join(root, f"step_{step}") for step in (1, 2)))
     with shmckpt.AsyncCheckpointer(commit_timeout=60) as ck:
         out["barrier"] = ck.barrier
         out["rank_seen"] = [ck.rank, ck.world_size]
@@ -69,11 +72,7 @@ if mode == "commit":
 elif mode == "process":
     # CheckpointProcess, the low-level API, commits through the store too: the same obstacle.
     d = os.path.join(root, "step_1")
-    os.makedirs(d, exist_ok=True)
-    if rank == 0:
-        with open(os.path.join(d, ".commit"), "w") as f:
-            f.write("not a directory\n")
-    dist.barrier()
+    block_commit_directory(d)
     with shmckpt.CheckpointProcess(commit_timeout=60) as cp:
         out["barrier"] = cp.barrier
         out["error_1"] = error_text(cp.write(sd(1), d))
@@ -85,11 +84,7 @@ elif mode == "process":
 elif mode == "file-control":
     # The same obstacle under the file barrier: the save must fail (the check has teeth).
     d = os.path.join(root, "step_1")
-    os.makedirs(d, exist_ok=True)
-    if rank == 0:
-        with open(os.path.join(d, ".commit"), "w") as f:
-            f.write("not a directory\n")
-    dist.barrier()
+    block_commit_directory(d)
     ck = shmckpt.AsyncCheckpointer(barrier="file", commit_timeout=3)
     out["barrier"] = ck.barrier
     _, write = ck.save(d, sd(1))
