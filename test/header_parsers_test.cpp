@@ -34,6 +34,7 @@
 #include "format/header_fast.hpp"
 #include "format/safetensors.hpp"
 #include "fuzz/corpus.hpp"
+#include "fuzz/header_cases.hpp"
 #include "shmckpt/error.hpp"
 
 namespace {
@@ -44,11 +45,7 @@ using metadata_list = std::vector<std::pair<std::string, std::string>>;
 const std::string label = "checkpoint 'differential'";
 
 // One input: a header's JSON text and the size of the data section after it.
-struct header_case {
-  std::string name;
-  std::string text;
-  std::uint64_t data_size = 0;
-};
+using shmckpt_test::header_case;
 
 bool same_entries(const std::vector<tensor_entry>& a, const std::vector<tensor_entry>& b) {
   if (a.size() != b.size()) return false;
@@ -164,17 +161,7 @@ void check_agreement(const header_case& c, tally& t) {
 // A whole file as a case: the header text and the data size its prefix implies. Files whose
 // prefix already fails reach neither parser and are left out.
 std::optional<header_case> from_file(std::string name, const std::string& bytes) {
-  if (bytes.size() < 8) return std::nullopt;
-  unsigned char prefix[8];
-  std::memcpy(prefix, bytes.data(), 8);
-  std::uint64_t n;
-  try {
-    n = detail::parse_header_length(prefix, bytes.size(), label);
-  } catch (const error&) {
-    return std::nullopt;
-  }
-  return header_case{std::move(name), bytes.substr(8, static_cast<std::size_t>(n)),
-                     bytes.size() - 8 - n};
+  return shmckpt_test::header_case_of(std::move(name), bytes, label);
 }
 
 // The files reader_fuzz_replay runs: our writer's files of a few kinds, and every hostile case.

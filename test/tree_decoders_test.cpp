@@ -27,6 +27,7 @@
 
 #include "format/safetensors.hpp"
 #include "fuzz/corpus.hpp"
+#include "fuzz/header_cases.hpp"
 #include "shmckpt/error.hpp"
 
 namespace {
@@ -37,24 +38,10 @@ namespace json = boost::json;
 const std::string label = "checkpoint 'tree-differential'";
 
 // A whole file: header text and data-section size (files whose length prefix fails are skipped).
-struct file_case {
-  std::string name;
-  std::string text;
-  std::uint64_t data_size = 0;
-};
+using file_case = shmckpt_test::header_case;
 
 std::optional<file_case> from_file(std::string name, const std::string& bytes) {
-  if (bytes.size() < 8) return std::nullopt;
-  unsigned char prefix[8];
-  std::memcpy(prefix, bytes.data(), 8);
-  std::uint64_t n;
-  try {
-    n = detail::parse_header_length(prefix, bytes.size(), label);
-  } catch (const error&) {
-    return std::nullopt;
-  }
-  return file_case{std::move(name), bytes.substr(8, static_cast<std::size_t>(n)),
-                   bytes.size() - 8 - n};
+  return shmckpt_test::header_case_of(std::move(name), bytes, label);
 }
 
 // What reading one file produced: the state dict (tensors as markers naming their entry), or
