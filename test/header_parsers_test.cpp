@@ -32,6 +32,7 @@
 
 #include "format/header_exact.hpp"
 #include "format/header_fast.hpp"
+#include "format/header_plain.hpp"
 #include "format/safetensors.hpp"
 #include "fuzz/corpus.hpp"
 #include "fuzz/header_cases.hpp"
@@ -82,6 +83,7 @@ std::string shown(const header_case& c) {
 // Counts of what the inputs exercised, so a test that silently stopped reaching a path fails.
 struct tally {
   std::size_t cases = 0, fast_accepted = 0, exact_rejected = 0, checksum_tables = 0;
+  std::size_t plain_accepted = 0, plain_checksum_tables = 0;  // taken whole by header_plain.hpp
 };
 
 // The three checks of the file comment on one input.
@@ -112,6 +114,18 @@ void check_agreement(const header_case& c, tally& t) {
   t.fast_accepted += fast_ok;
   t.exact_rejected += exact_error.has_value();
 
+  // The by-hand reader of our writer's layout, on its own (read_header_fast tries it first).
+  std::vector<tensor_entry> plain_entries;
+  metadata_list plain_meta;
+  if (detail::read_header_plain(c.text, plain_entries, plain_meta)) {
+    ++t.plain_accepted;
+    if (exact_error)
+      BOOST_ERROR("plain reader accepts a header the validator rejects (" << exact_error->what()
+                                                                          << "): " << shown(c));
+    else if (!same_entries(plain_entries, exact_entries) || plain_meta != exact_meta)
+      BOOST_ERROR("plain reader and validator read different entries or metadata: " << shown(c));
+  }
+
   // The checksum table, against the entries both agreed on.
   if (fast_ok && !exact_error) {
     for (const auto& [k, v] : exact_meta) {
@@ -132,6 +146,15 @@ void check_agreement(const header_case& c, tally& t) {
                                                                                    << "): " << shown(c));
       if (sums_ok && exact_sums && fast_sums != *exact_sums)
         BOOST_ERROR("fast reader and validator read different checksums: " << shown(c));
+      std::vector<std::uint64_t> plain_sums;
+      if (detail::read_checksums_plain(v, exact_entries, plain_sums)) {
+        ++t.plain_checksum_tables;
+        if (!exact_sums)
+          BOOST_ERROR("plain reader accepts a checksum table the validator rejects (" << why
+                                                                                      << "): " << shown(c));
+        else if (plain_sums != *exact_sums)
+          BOOST_ERROR("plain reader and validator read different checksums: " << shown(c));
+      }
     }
   }
 
@@ -339,6 +362,8 @@ BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_on_the_fuzz_corpus_and_host
   BOOST_TEST(t.fast_accepted >= 4u);  // the valid files
   BOOST_TEST(t.exact_rejected > 10u);
   BOOST_TEST(t.checksum_tables >= 3u);
+  BOOST_TEST(t.plain_accepted >= 4u);  // our writer's files, by hand
+  BOOST_TEST(t.plain_checksum_tables >= 3u);
 }
 
 BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_on_generated_headers) {
@@ -348,6 +373,63 @@ BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_on_generated_headers) {
                              << t.checksum_tables << " checksum tables");
   BOOST_TEST(t.fast_accepted == t.cases);  // every generated header is valid
   BOOST_TEST(t.checksum_tables > 300u);
+}
+
+// The by-hand readers exist for our writer's own headers: every header encode_header writes
+// (ranks 0 to 3, several dtypes, empty tensors, names that need escaping, nested dicts, lists,
+// with and without checksums, either padding) must be taken whole by them, with the
+// validator's result; so must every checksum table whose names need no escaping.
+BOOST_AUTO_TEST_CASE(plain_reader_takes_every_header_our_writer_encodes) {
+  static std::vector<std::byte> memory(1 << 16);
+  std::shared_ptr<void> owner(memory.data(), [](void*) {});
+  const dtype types[] = {dtype::f32, dtype::bf16, dtype::i64, dtype::u8, dtype::boolean,
+                         dtype::f64, dtype::f16, dtype::i8};
+  const char* name_parts[] = {"w", "layer", "é", "a\"q", "back\\slash", "tab\t", "x/y", "x y"};
+  std::mt19937_64 rng(7);
+  tally t;
+  std::size_t with_checksums = 0;
+  for (int round = 0; round < 300; ++round) {
+    auto leaf = [&]() -> value {
+      dtype type = types[rng() % std::size(types)];
+      std::vector<std::int64_t> shape;
+      for (std::size_t d = rng() % 4; d > 0; --d) shape.push_back(static_cast<std::int64_t>(rng() % 5));
+      std::size_t n = *tensor_nbytes(type, shape);
+      return tensor(type, shape, {memory.data(), n}, owner);
+    };
+    state_dict sd;
+    for (std::size_t i = rng() % 6; i > 0; --i) {
+      std::string name = std::string(name_parts[rng() % std::size(name_parts)]) + std::to_string(i);
+      switch (rng() % 4) {
+        case 0: {
+          dict inner;
+          inner.insert_or_assign("weight", leaf());
+          inner.insert_or_assign("bias", leaf());
+          sd.insert_or_assign(name, std::move(inner));
+          break;
+        }
+        case 1: sd.insert_or_assign(name, list{leaf(), value(std::int64_t{3}), leaf()}); break;
+        default: sd.insert_or_assign(name, leaf());
+      }
+    }
+    sd.insert_or_assign("step", std::int64_t{round});
+    bool checksums = rng() % 2 == 0;
+    auto h = detail::encode_header(sd, checksums, rng() % 2 ? 4096 : 8);
+    if (checksums)
+      for (std::size_t i = 0; i < h.tensors.size(); ++i) detail::set_checksum(h, i, rng());
+    // A table whose names JSON must escape goes to the SAX reader, by design.
+    bool plain_names = std::all_of(h.tensors.begin(), h.tensors.end(), [](const auto& p) {
+      return p.name.find_first_of("\"\\\t") == std::string::npos;
+    });
+    with_checksums += checksums && plain_names;
+    auto c = shmckpt_test::header_case_of("encoded_" + std::to_string(round),
+                                          h.bytes + std::string(h.data_size, '\0'), label);
+    BOOST_REQUIRE(c);
+    check_agreement(*c, t);
+  }
+  BOOST_TEST(t.fast_accepted == t.cases);
+  BOOST_TEST(t.plain_accepted == t.cases);
+  BOOST_TEST(t.plain_checksum_tables == with_checksums);
+  BOOST_TEST(with_checksums > 50u);
 }
 
 BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_on_mutated_headers) {
@@ -370,6 +452,7 @@ BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_on_mutated_headers) {
                              << "reader, " << t.exact_rejected << " rejected by the validator");
   BOOST_TEST(t.fast_accepted > 1000u);
   BOOST_TEST(t.exact_rejected > 1000u);
+  BOOST_TEST(t.plain_accepted > 300u);
 }
 
 // The fast reader takes a leading {"__metadata__":{...} by hand when it is in the plainest form

@@ -26,6 +26,7 @@
 #include <boost/json/serialize.hpp>
 
 #include "format/safetensors.hpp"
+#include "format/tree.hpp"
 #include "fuzz/corpus.hpp"
 #include "fuzz/header_cases.hpp"
 #include "shmckpt/error.hpp"
@@ -79,7 +80,22 @@ outcome read_with(const file_case& c, detail::header_parser how, int builds = 1)
 
 struct tally {
   std::size_t cases = 0, fast_decoded = 0, rejected = 0;
+  std::size_t plain_decoded = 0;  // taken whole by the by-hand decoder (decode_tree_plain)
 };
+
+// The by-hand decoder alone, on the tree of a file the exact path accepted, with tensors as
+// markers; nullopt when it gave up. (Inside the fast path it runs first, so the agreement
+// checks below hold it to the exact decoder already; this shows that it is reached.)
+std::optional<state_dict> plain_decoded(const file_case& c) {
+  detail::parsed_header h = detail::parse_header(c.text, c.data_size, label, detail::header_parser::exact);
+  const std::string* tree = detail::find_metadata(h, "shmckpt.tree");
+  const std::string* version = detail::find_metadata(h, "shmckpt.version");
+  if (!tree || !version) return std::nullopt;
+  auto d = detail::decode_tree_plain(*tree, h.entries, *version == "2" ? 2 : 1);
+  if (!d) return std::nullopt;
+  for (auto [slot, i] : d->tensors) *slot = marker(i);
+  return std::move(d->root);
+}
 
 void check_agreement(const file_case& c, tally& t) {
   ++t.cases;
@@ -100,6 +116,13 @@ void check_agreement(const file_case& c, tally& t) {
   if (exact.decoded_fast) BOOST_ERROR("the exact parser ran the one-pass decoder: " << shown);
   t.fast_decoded += fast.decoded_fast;
   t.rejected += !exact.sd.has_value();
+  if (exact.sd) {
+    if (auto plain = plain_decoded(c)) {
+      ++t.plain_decoded;
+      if (!(*plain == *exact.sd))
+        BOOST_ERROR("the by-hand and the exact decoder build different trees: " << shown);
+    }
+  }
 }
 
 // ---- inputs ----------------------------------------------------------------------------------
@@ -249,6 +272,7 @@ BOOST_AUTO_TEST_CASE(fast_and_exact_tree_decoders_agree_on_the_fuzz_corpus_and_h
   tally t;
   for (const auto& c : corpus()) check_agreement(c, t);
   BOOST_TEST(t.fast_decoded >= 4u);  // the valid files
+  BOOST_TEST(t.plain_decoded >= 4u);
   BOOST_TEST(t.rejected > 10u);
 }
 
@@ -259,6 +283,7 @@ BOOST_AUTO_TEST_CASE(fast_and_exact_tree_decoders_agree_on_generated_trees) {
   BOOST_TEST_MESSAGE(t.cases << " generated files, " << t.fast_decoded << " decoded in one pass");
   BOOST_TEST(t.cases > 500u);
   BOOST_TEST(t.fast_decoded == t.cases);  // everything our writer writes takes the one-pass path
+  BOOST_TEST(t.plain_decoded == t.cases);  // and its by-hand first try
   BOOST_TEST(t.rejected == 0u);
 }
 
@@ -284,6 +309,7 @@ BOOST_AUTO_TEST_CASE(fast_and_exact_tree_decoders_agree_on_mutated_trees) {
   BOOST_TEST_MESSAGE(t.cases << " mutated trees: " << t.fast_decoded << " decoded in one pass, "
                              << t.rejected << " rejected");
   BOOST_TEST(t.fast_decoded > 250u);
+  BOOST_TEST(t.plain_decoded > 250u);
   BOOST_TEST(t.rejected > 5000u);
 }
 
@@ -341,6 +367,7 @@ BOOST_AUTO_TEST_CASE(fast_and_exact_tree_decoders_agree_on_large_trees) {
 
     check_agreement(c, t);  // valid: decoded in one pass
     BOOST_TEST(t.fast_decoded == 1u);
+    BOOST_TEST(t.plain_decoded == 1u);
     BOOST_TEST(t.rejected == 0u);
 
     // The tree's structure is fine but a tensor it names has no entry (its key renamed with it).

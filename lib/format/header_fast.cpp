@@ -8,6 +8,7 @@
 
 #include <boost/json/basic_parser_impl.hpp>
 
+#include "format/header_plain.hpp"
 #include "format/safetensors.hpp"
 #include "format/sax_base.hpp"
 #include "format/strict_json.hpp"
@@ -195,130 +196,6 @@ class checksums_reader : public sax_base {
   int level_ = 0;
 };
 
-// ---- the leading __metadata__ by hand -------------------------------------------------------
-//
-// Our writer puts `__metadata__` first (so does the Python safetensors library), and its values
-// (the tree and the checksum table: megabytes of JSON text full of escaped quotes) are what the
-// header spends most of its bytes on. Boost.JSON unescapes a string a byte at a time through a
-// small buffer once it has seen one escape; this reads that one object, when the header starts
-// with it exactly, in a tight loop, and hands the parser "{" and the rest of the header. Only
-// the plainest form is taken: no whitespace, string values, the short escapes (\" \\ \/ \b \f
-// \n \r \t); anything else (a \u escape, a number, a control character, a repeated key) gives
-// up, and the parser reads the whole header as before. The text is valid UTF-8 already
-// (checked first, and the parser would check no more strictly).
-
-constexpr std::string_view metadata_prefix = R"({"__metadata__":{)";
-
-// Each byte of `w` that is a quote, a backslash or a control character has its top bit set in
-// the result; bytes above the first such byte may be flagged wrongly (borrows), the first never.
-inline std::uint64_t special_bytes(std::uint64_t w) noexcept {
-  constexpr std::uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
-  auto zero = [](std::uint64_t v) { return (v - ones) & ~v & high; };
-  return zero(w ^ (ones * '"')) | zero(w ^ (ones * '\\')) | ((w - ones * 0x20) & ~w & high);
-}
-
-// What the short escape \<c> stands for, or 0 for the escapes left to the parser (\u) and errors.
-constexpr char short_escape(char c) noexcept {
-  switch (c) {
-    case '"': return '"';
-    case '\\': return '\\';
-    case '/': return '/';
-    case 'b': return '\b';
-    case 'f': return '\f';
-    case 'n': return '\n';
-    case 'r': return '\r';
-    case 't': return '\t';
-    default: return 0;
-  }
-}
-
-// The JSON string whose opening quote is at text[i], unescaped, appended to `out`; returns the
-// position after its closing quote, or npos to give up. Eight bytes at a time between escapes,
-// through a buffer on the stack; a string too long for it reserves room for the rest of the
-// text once (the unescaped string is no longer), so that a megabyte value is never regrown.
-std::size_t scan_string(std::string_view text, std::size_t i, std::string& out) {
-  const char* const begin = text.data();
-  const char* const end = begin + text.size();
-  const char* s = begin + i + 1;
-  char buf[16384];
-  std::size_t n = 0;  // bytes of buf written
-  for (;;) {
-    if (sizeof buf - n < 8) {
-      if (out.capacity() - out.size() < static_cast<std::size_t>(end - s) + n)
-        out.reserve(out.size() + n + static_cast<std::size_t>(end - s));
-      out.append(buf, n);
-      n = 0;
-    }
-    if (end - s >= 8) {
-      std::uint64_t w;
-      std::memcpy(&w, s, 8);
-      std::memcpy(buf + n, s, 8);  // the whole word; bytes from the first special one are rewritten
-      std::uint64_t m = special_bytes(w);
-      if (m == 0) {
-        n += 8;
-        s += 8;
-        continue;
-      }
-      std::size_t k = static_cast<std::size_t>(std::countr_zero(m)) / 8;
-      n += k;
-      s += k;
-    } else if (s == end) {
-      return std::string_view::npos;
-    } else if (*s != '"' && *s != '\\' && static_cast<unsigned char>(*s) >= 0x20) {
-      buf[n++] = *s++;
-      continue;
-    }
-    // *s is a quote, a backslash or a control character.
-    if (*s == '"') {
-      out.append(buf, n);
-      return static_cast<std::size_t>(s + 1 - begin);
-    }
-    if (*s != '\\' || end - s < 2) return std::string_view::npos;  // control character
-    char c = short_escape(s[1]);
-    if (c == 0) return std::string_view::npos;
-    buf[n++] = c;
-    s += 2;
-  }
-}
-
-// When `text` starts with {"__metadata__":{...} in the plain form above, its entries into
-// `metadata` and, in `rest`, what the parser is to read after a "{": the rest of the root object.
-bool read_leading_metadata(std::string_view text,
-                           std::vector<std::pair<std::string, std::string>>& metadata,
-                           std::string_view& rest) {
-  if (!text.starts_with(metadata_prefix)) return false;
-  std::size_t i = metadata_prefix.size();
-  std::vector<std::uint64_t> keys;
-  if (i < text.size() && text[i] != '}') {
-    for (;;) {
-      if (i >= text.size() || text[i] != '"') return false;
-      std::string key, val;
-      i = scan_string(text, i, key);
-      if (i == std::string_view::npos || i >= text.size() || text[i] != ':') return false;
-      if (++i >= text.size() || text[i] != '"') return false;
-      i = scan_string(text, i, val);
-      if (i == std::string_view::npos || i >= text.size()) return false;
-      keys.push_back(XXH3_64bits(key.data(), key.size()));
-      metadata.emplace_back(std::move(key), std::move(val));
-      if (text[i] == '}') break;
-      if (text[i] != ',') return false;
-      ++i;
-    }
-  }
-  // text[i] is the metadata's closing brace; then either another key or the root's end.
-  if (++i >= text.size()) return false;
-  if (text[i] == ',') {
-    if (i + 1 >= text.size() || text[i + 1] != '"') return false;
-    ++i;
-  } else if (text[i] != '}') {
-    return false;
-  }
-  std::vector<std::uint64_t> table;
-  if (has_repeat(keys.data(), keys.size(), table)) return false;
-  rest = text.substr(i);
-  return true;
-}
-
 // Every pass checks the whole text with first_invalid_utf8 before parsing, and Boost.JSON's own
 // check is no stricter: its second look at every string's bytes is skipped.
 json::parse_options depth_limit(std::size_t max_depth) {
@@ -356,6 +233,10 @@ bool read_header_fast(std::string_view text, std::vector<tensor_entry>& entries,
   std::vector<std::pair<std::string, std::string>> leading;
   std::string_view rest = text;
   if (read_leading_metadata(text, leading, rest)) {
+    if (read_entries_plain(rest, XXH3_64bits("__metadata__", 12), entries)) {
+      metadata = std::move(leading);  // the usual case: our writer's layout (header_plain.hpp)
+      return true;
+    }
     p.handler().preset_metadata(std::move(leading));
     p.write_some(true, "{", 1, ec);
   } else {
@@ -370,6 +251,7 @@ bool read_header_fast(std::string_view text, std::vector<tensor_entry>& entries,
 
 bool read_checksums_fast(std::string_view text, const std::vector<tensor_entry>& entries,
                          std::vector<std::uint64_t>& sums) {
+  if (read_checksums_plain(text, entries, sums)) return true;
   sax_pass<checksums_reader> fast(text, 2, entries);
   if (!fast.ok) return false;
   sums = std::move(fast.handler().sums);

@@ -9,6 +9,9 @@
 // then runs the exact path on the same text, which finds and reports the exact error, so every
 // error message and its precedence are those of the exact path, and this file names no error.
 //
+// Each reader first tries the by-hand reader of our writer's own layout (header_plain.hpp),
+// which is faster still, and runs its SAX pass only when that gives up.
+//
 // The two paths must agree on every input: the fast path accepting something the exact path
 // rejects would let a malformed file in; the reverse only costs speed. test/
 // header_parsers_test.cpp feeds the fuzz corpus, the hostile files and mutated headers to both.

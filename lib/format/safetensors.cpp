@@ -95,24 +95,25 @@ void check_layout(std::vector<tensor_entry>& entries, std::uint64_t data_size,
                     std::to_string(data_size - expected) + " trailing bytes");
 }
 
-// "xxh3:<16 hex digits>" for every entry, from h.checksums.
-void set_checksum_strings(parsed_header& h) {
-  for (std::size_t i = 0; i < h.entries.size(); ++i) {
-    std::string& c = h.entries[i].checksum;
-    c.assign("xxh3:0000000000000000");
-    std::uint64_t v = h.checksums[i];
-    for (std::size_t k = c.size(); k-- > 5; v >>= 4) c[k] = hex_digits[v & 15];
-  }
-}
-
 void parse_checksums(parsed_header& h, const std::string& text, const std::string& label,
                      header_parser how) {
   if (how == header_parser::exact || !read_checksums_fast(text, h.entries, h.checksums))
     h.checksums = read_checksums_exact(text, h.entries, label);
-  set_checksum_strings(h);
 }
 
 }  // namespace
+
+std::string checksum_text(std::uint64_t v) {
+  std::string c = "xxh3:0000000000000000";
+  for (std::size_t k = c.size(); k-- > 5; v >>= 4) c[k] = hex_digits[v & 15];
+  return c;
+}
+
+void spell_checksums(parsed_header& h) {
+  if (h.checksums.empty()) return;
+  for (std::size_t i = 0; i < h.entries.size(); ++i)
+    h.entries[i].checksum = checksum_text(h.checksums[i]);
+}
 
 parsed_header parse_header(std::string_view text, std::uint64_t data_size,
                            const std::string& label, header_parser how) {

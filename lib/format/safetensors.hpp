@@ -164,8 +164,16 @@ struct parsed_header {
   /// it (build_state_dict then decodes `tree`, which names the error).
   std::shared_ptr<decoded_tree> decoded;
   /// The recorded XXH3-64 per entry (parallel to `entries`), when the file records checksums.
+  /// parse_header leaves each entry's `checksum` string empty (opening a file needs none of
+  /// them: 65 536 small allocations); spell_checksums fills them in where entries are shown.
   std::vector<std::uint64_t> checksums;
 };
+
+/// "xxh3:<16 lowercase hex digits>", as tensor_entry::checksum spells a recorded checksum.
+std::string checksum_text(std::uint64_t v);
+
+/// Sets every entry's `checksum` from h.checksums (none when the file records none).
+void spell_checksums(parsed_header& h);
 
 /// Reads the little-endian u64 header length from the first 8 bytes of a file of `file_size`
 /// bytes and checks it against max_header_bytes and the file size.

@@ -90,6 +90,14 @@ std::shared_ptr<decoded_tree> decode_tree_fast(std::string_view text,
                                                const std::vector<tensor_entry>& entries,
                                                int version);
 
+/// decode_tree_fast's first try: the same decoder by hand, for the layout our encoder writes
+/// (no whitespace, int64 integers, short escapes only); null when it gave up,
+/// for any reason, and decode_tree_fast then runs its SAX pass. Builds exactly what the SAX
+/// pass builds.
+std::shared_ptr<decoded_tree> decode_tree_plain(std::string_view text,
+                                                const std::vector<tensor_entry>& entries,
+                                                int version);
+
 /// Rebuilds the state dict from `h.tree` (which must be set); see build_state_dict.
 state_dict decode_tree(const parsed_header& h,
                        const std::function<value(std::size_t)>& make_tensor,

@@ -351,6 +351,7 @@ class fast_tree_reader : public sax_base {
 std::shared_ptr<decoded_tree> decode_tree_fast(std::string_view text,
                                                const std::vector<tensor_entry>& entries,
                                                int version) {
+  if (auto plain = decode_tree_plain(text, entries, version)) return plain;
   if (first_invalid_utf8(text) != std::string_view::npos) return nullptr;
   json::parse_options opts;
   opts.max_depth = 3 * max_tree_depth + 1;  // what parse_header gives parse_strict

@@ -186,7 +186,8 @@ void verify_entry(const mapped_checkpoint& m, std::size_t i) {
   std::uint64_t actual = hash_of(m, e);
   if (actual != m.header.checksums[i])
     throw_error(errc::corrupt_data, m.label + ": tensor " + detail::quote_name(e.name) +
-                                        ": checksum mismatch: the header records " + e.checksum +
+                                        ": checksum mismatch: the header records " +
+                                        detail::checksum_text(m.header.checksums[i]) +
                                         ", the bytes hash to xxh3:" + detail::hex64(actual));
 }
 
@@ -416,6 +417,7 @@ std::vector<tensor_entry> list_entries(const fs::path& file) {
   pread_all(f, text.data(), text.size(), 8);
   detail::parsed_header h = detail::parse_header(text, f.size - 8 - n, f.label);
   detail::build_state_dict(h, no_tensor, f.label);  // validates the tree; builds nothing big
+  detail::spell_checksums(h);
   return std::move(h.entries);
 }
 
@@ -429,6 +431,7 @@ std::vector<checksum_check> check_checksums(const fs::path& file_or_dir,
                                             const check_checksums_options& options) {
   mapped_checkpoint m = map_checkpoint(resolve(file_or_dir, options.rank));
   detail::build_state_dict(m.header, no_tensor, m.label);
+  detail::spell_checksums(m.header);
   std::vector<checksum_check> out;
   out.reserve(m.header.entries.size());
   if (!options.progress) {
