@@ -167,8 +167,11 @@ aligned_buffer aligned_alloc_bytes(std::size_t n) {
   return aligned_buffer(static_cast<std::byte*>(p));
 }
 
-// Writes one batch at a time on a helper thread, so that the next batch is hashed and assembled
-// while the disk takes the previous one (the checksum pass then costs no wall time).
+// Writes batches in order on a helper thread, with up to two outstanding: one being written and
+// one queued behind it. The disk then goes from one batch straight to the next, without waiting
+// for the assembling thread to be scheduled and hand it over (with every core busy that
+// hand-over cost milliseconds per 8 MiB batch), and the next batch is hashed and assembled
+// meanwhile, so the checksum pass costs no wall time.
 class write_pipeline {
  public:
   explicit write_pipeline(durable_file& f) : f_(f), thread_([this] { run(); }) {}
@@ -177,52 +180,76 @@ class write_pipeline {
   ~write_pipeline() {
     {
       std::lock_guard g(m_);
-      stop_ = true;
+      stop_ = true;  // a queued batch is dropped: only a failure destroys a busy pipeline
     }
     cv_.notify_all();
-    thread_.join();  // after the batch in flight, if any: it reads memory its owner still holds
+    thread_.join();  // after the batch being written, if any: it reads memory its owner holds
   }
 
-  // Starts writing `iov` at `off`; at most one batch is in flight (call wait() first).
-  void submit(std::vector<iovec>& iov, std::uint64_t off, bool refusable) {
+  // Queues `iov` (`bytes` bytes) to be written at `off`; `iov` comes back empty. Requires
+  // fewer than two outstanding (wait_until(1) first).
+  void submit(std::vector<iovec>& iov, std::uint64_t off, std::uint64_t bytes, bool refusable) {
     {
       std::lock_guard g(m_);
-      job_.swap(iov);
-      off_ = off;
-      refusable_ = refusable;
-      busy_ = true;
+      job& j = jobs_[(head_ + count_) % 2];
+      j.iov.swap(iov);
+      iov.clear();
+      j.off = off;
+      j.bytes = bytes;
+      j.refusable = refusable;
+      ++count_;
     }
     cv_.notify_all();
   }
 
-  // Waits for the batch in flight. Rethrows its failure; returns EINVAL when a refusable batch
-  // was refused (nothing of it written), else 0.
-  int wait() {
+  // Waits until at most `n` batches are outstanding. Rethrows a failure; returns EINVAL when a
+  // refusable batch was refused (nothing of it written), else 0.
+  int wait_until(std::size_t n) {
     std::unique_lock lk(m_);
-    cv_.wait(lk, [&] { return !busy_; });
+    cv_.wait(lk, [&] { return count_ <= n; });
     if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
     return std::exchange(refused_, 0);
   }
 
+  // Bytes of the batches written so far.
+  std::uint64_t written() {
+    std::lock_guard g(m_);
+    return written_;
+  }
+
  private:
+  struct job {
+    std::vector<iovec> iov;
+    std::uint64_t off = 0;
+    std::uint64_t bytes = 0;
+    bool refusable = false;
+  };
+
   void run() {
     std::unique_lock lk(m_);
     for (;;) {
-      cv_.wait(lk, [&] { return busy_ || stop_; });
-      if (!busy_) return;
+      cv_.wait(lk, [&] { return count_ > 0 || stop_; });
+      if (stop_) return;
+      job& j = jobs_[head_];  // submit() fills only the other slot meanwhile
       lk.unlock();
       int refused = 0;
       std::exception_ptr failure;
       try {
-        refused = f_.pwritev_all(job_, off_, refusable_);
+        refused = f_.pwritev_all(j.iov, j.off, j.refusable);
       } catch (...) {
         failure = std::current_exception();
       }
       lk.lock();
-      refused_ = refused;
-      failure_ = failure;
-      job_.clear();
-      busy_ = false;
+      j.iov.clear();
+      head_ = (head_ + 1) % 2;
+      --count_;
+      if (failure || refused) {
+        failure_ = failure;
+        refused_ = refused;
+        count_ = 0;  // nothing after a failed batch is written
+      } else {
+        written_ += j.bytes;
+      }
       cv_.notify_all();
     }
   }
@@ -230,10 +257,10 @@ class write_pipeline {
   durable_file& f_;
   std::mutex m_;
   std::condition_variable cv_;
-  std::vector<iovec> job_;  // (m_) handed over by submit; the helper alone uses it while busy_
-  std::uint64_t off_ = 0;
-  bool refusable_ = false;
-  bool busy_ = false;
+  job jobs_[2];            // (m_) a ring: jobs_[head_] first, count_ of them outstanding
+  std::size_t head_ = 0;   // (m_)
+  std::size_t count_ = 0;  // (m_)
+  std::uint64_t written_ = 0;
   bool stop_ = false;
   int refused_ = 0;
   std::exception_ptr failure_;
@@ -248,7 +275,8 @@ class direct_stream {
                 const safetensors_write_options& options, safetensors_write_result& result)
       : f_(f), a_(a), block_(a.offset), options_(options), result_(result),
         total_(plan.file_size()), pos_(plan.bytes.size()), batch_offset_(pos_),
-        written_(pos_), bounce_{aligned_alloc_bytes(bounce_bytes), aligned_alloc_bytes(bounce_bytes)},
+        bounce_{aligned_alloc_bytes(bounce_bytes), aligned_alloc_bytes(bounce_bytes),
+                aligned_alloc_bytes(bounce_bytes)},
         pipeline_(f) {
     iov_.reserve(max_iovecs);
   }
@@ -296,7 +324,7 @@ class direct_stream {
       pos_ += pad;
     }
     flush();
-    settle();
+    settle(0);
     return pad;
   }
 
@@ -338,29 +366,33 @@ class direct_stream {
 
   std::byte* bounce() const noexcept { return bounce_[current_].get(); }
 
-  // Hands the batch to the pipeline (after the previous one is written) and starts the next in
-  // the other bounce buffer; called only at block boundaries (pos_ % block_ == 0).
+  // Hands the batch to the pipeline and starts the next in the next bounce buffer; called only
+  // at block boundaries (pos_ % block_ == 0). The first batch is written alone, so that a
+  // refusal of O_DIRECT is seen before anything else is queued; after it, one batch may wait
+  // behind the one being written. The buffer the next batch is assembled in is then free: its
+  // last user is two batches back, and at most one is outstanding before this submit.
   void flush() {
     check_cancel(options_, f_);
     if (iov_.empty()) return;
-    settle();
-    pipeline_.submit(iov_, batch_offset_, /*refusable=*/!submitted_);
-    submitted_ = true;
-    in_flight_ = batch_bytes_;
+    settle(submitted_ == 1 ? 0 : 1);
+    pipeline_.submit(iov_, batch_offset_, batch_bytes_, /*refusable=*/submitted_ == 0);
+    ++submitted_;
     batch_offset_ += batch_bytes_;
     batch_bytes_ = 0;
     used_ = 0;
-    iov_.clear();
-    current_ ^= 1;
+    current_ = (current_ + 1) % 3;
   }
 
-  // Waits for the batch in flight; a refusal of the very first one means O_DIRECT is refused.
-  void settle() {
-    if (in_flight_ == 0) return;
-    if (pipeline_.wait() != 0) throw direct_refused{};
-    written_ += in_flight_;
-    in_flight_ = 0;
-    report(f_, std::min(written_, total_), total_);
+  // Waits until at most `outstanding` batches are left; a refusal of the very first one means
+  // O_DIRECT is refused.
+  void settle(std::size_t outstanding) {
+    if (submitted_ == 0) return;
+    if (pipeline_.wait_until(outstanding) != 0) throw direct_refused{};
+    std::uint64_t written = pos0_ + pipeline_.written();
+    if (written != reported_) {
+      reported_ = written;
+      report(f_, std::min(written, total_), total_);
+    }
   }
 
   durable_file& f_;
@@ -372,13 +404,13 @@ class direct_stream {
   std::uint64_t pos_;           // file offset of the next byte appended
   std::uint64_t batch_offset_;  // file offset of the batch's first byte
   std::uint64_t batch_bytes_ = 0;
-  std::uint64_t written_;        // file offset up to which batches are on disk
-  std::uint64_t in_flight_ = 0;  // bytes of the batch the pipeline is writing
+  std::uint64_t pos0_ = pos_;      // where the data section starts
+  std::uint64_t reported_ = pos_;  // file offset up to which progress was reported
   std::vector<iovec> iov_;
-  aligned_buffer bounce_[2];  // one for the batch being assembled, one for the batch in flight
+  aligned_buffer bounce_[3];  // the batch being assembled, the one queued, the one being written
   int current_ = 0;
   std::size_t used_ = 0;  // bytes of the current bounce buffer the batch refers to
-  bool submitted_ = false;
+  std::size_t submitted_ = 0;  // batches handed to the pipeline
   write_pipeline pipeline_;  // after the buffers: joined before they are freed
 };
 
