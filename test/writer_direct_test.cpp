@@ -229,6 +229,23 @@ BOOST_AUTO_TEST_CASE(default_writer_io_argument_picks_the_path_and_rejects_other
                         expect_error(errc::invalid_argument, "'io'"));
 }
 
+BOOST_AUTO_TEST_CASE(default_writer_checksums_argument_leaves_the_table_out_on_request) {
+  scratch_dir dir("writer");
+  state_dict sd{{"w", random_tensor(dtype::f32, {1024}, 2)}};
+  make_default_writer({{"checksums", "false"}})->write(sd, dir / "off", {});
+  make_default_writer({{"checksums", "true"}})->write(sd, dir / "on", {});
+  make_default_writer({})->write(sd, dir / "default", {});
+  BOOST_TEST((read(dir / "off") == sd));
+  BOOST_TEST(list_entries(dir / "off" / "checkpoint_0.safetensors")[0].checksum.empty());
+  for (const char* d : {"on", "default"}) {
+    auto e = list_entries(dir / d / "checkpoint_0.safetensors");
+    BOOST_TEST(e[0].checksum.starts_with("xxh3:"));
+  }
+  BOOST_TEST(check_checksums(dir / "off").front().recorded.empty());
+  BOOST_CHECK_EXCEPTION(make_default_writer({{"checksums", "maybe"}}), error,
+                        expect_error(errc::invalid_argument, "'checksums'"));
+}
+
 BOOST_AUTO_TEST_CASE(write_file_durably_replaces_a_small_file_atomically) {
   scratch_dir dir("writer");
   fs::path target = dir / "checkpoint.json";

@@ -86,8 +86,10 @@ class checkpoint_writer {
 /// The default writer: creates `path` (a directory) if needed and writes
 /// `checkpoint_file_path(path, rank)` with write_safetensors, then commits it across ranks
 /// (commit.hpp). `args` are the writer-factory arguments; "rank" and "world_size" are always
-/// present (added by the parent); "commit_timeout_ms", "hook", "overwrite" and "io" ("auto",
-/// the default, or "buffered": safetensors_write_options::io) are optional.
+/// present (added by the parent); "commit_timeout_ms", "hook", "overwrite", "io" ("auto",
+/// the default, or "buffered": safetensors_write_options::io) and "checksums" ("true", the
+/// default, or "false": safetensors_write_options::checksums; the child then never reads the
+/// tensors' bytes itself, and readers cannot verify them) are optional.
 /// A `path` that already holds a complete checkpoint is refused with error(invalid_argument)
 /// before anything on disk changes, unless "overwrite" is "true" (writer argument, or the
 /// request's kwarg): then rank 0 retires the old manifest when the save starts. Each rank also

@@ -474,6 +474,7 @@ class default_writer final : public checkpoint_writer {
                                               std::to_string(rank_.world_size));
     timeout_ = std::chrono::milliseconds(int_arg(args, "commit_timeout_ms", 600000, 0));
     overwrite_ = bool_arg(args, "overwrite", false);
+    checksums_ = bool_arg(args, "checksums", true);
     if (auto it = args.find("io"); it != args.end()) {
       if (it->second == "buffered") io_ = write_io::buffered;
       else if (it->second != "auto")
@@ -521,6 +522,7 @@ class default_writer final : public checkpoint_writer {
     safetensors_write_options options;
     options.cancel = cancel_;
     options.io = io_;
+    options.checksums = checksums_;
     write_safetensors(checkpoint_file_path(path, rank_.rank), sd, options);
     rank_file me = describe_rank_file(path, rank_.rank);
     me.round = round;
@@ -534,6 +536,7 @@ class default_writer final : public checkpoint_writer {
   std::chrono::milliseconds timeout_;
   bool overwrite_ = false;
   write_io io_ = write_io::automatic;
+  bool checksums_ = true;
   bool parent_commits_ = false;
   std::unique_ptr<writer_hook> hook_;
   std::unique_ptr<barrier> barrier_;

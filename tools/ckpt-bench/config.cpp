@@ -45,7 +45,9 @@ writer_variant parse_variant(const std::string& text) {
       v.priority.io_class = child_io_class::inherit;
       continue;
     }
-    if (part.rfind("nice", 0) == 0)
+    if (part == "nosum")
+      v.writer_args["checksums"] = "false";
+    else if (part.rfind("nice", 0) == 0)
       v.priority.nice = number(4);
     else if (part == "batch")
       v.priority.policy = child_cpu_policy::batch;

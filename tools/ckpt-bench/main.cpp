@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
        "run only these sections (startup ping open handoff staging persist e2e load memory interference)")
       ("variants", po::value(&c.variants)->multitoken(),
        "writer set-ups the interference section compares (default: buffered default); each is "
-       "default, buffered or direct, then +nice<N> +batch +idle +normal +ioidle +iobe<L> +cpu<N>");
+       "default, buffered or direct, then +nice<N> +batch +idle +normal +ioidle +iobe<L> +cpu<N> "
+       "+nosum (no checksums)");
   // clang-format on
   po::variables_map vm;
   try {
