@@ -107,6 +107,14 @@ const figure_spec persist_buffered_writer{
     .baseline = "raw durable write, best of buffered+fsync and O_DIRECT",
     .target = "(the previous default, for comparison)"};
 
+const figure_spec persist_file_only{
+    .id = "persist_file_only",
+    .name = "persist throughput, the file alone (write_safetensors of the same shared tensors in "
+            "this process: no child, no manifest)",
+    .u = bytes_per_second,
+    .baseline = "raw durable write, best of buffered+fsync and O_DIRECT",
+    .target = "(the writer's share of a persist)"};
+
 const figure_spec child_peak_rss{
     .id = "child_peak_rss",
     .name = "child peak RSS while writing (own memory: RssAnon + RssFile, sampled 1 ms)",

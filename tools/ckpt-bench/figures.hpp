@@ -16,7 +16,7 @@ extern const figure_spec handoff, handoff_future, write_return_flatness;
 // section "staging"
 extern const figure_spec staging_steady, copy_strategy, staging_first, segment_create;
 // section "persist"
-extern const figure_spec persist, persist_buffered_writer, child_peak_rss;
+extern const figure_spec persist, persist_buffered_writer, persist_file_only, child_peak_rss;
 // section "e2e"
 extern const figure_spec end_to_end_save;
 // section "load"

@@ -1,7 +1,8 @@
 // section_persist — write() of a shared state dict to durable storage, with the default writer
 // (O_DIRECT where the filesystem allows it) and with io=buffered (the previous default), against
 // raw durable writes of the same bytes, buffered+fsync and O_DIRECT, all interleaved; beside
-// them the XXH3 checksum pass alone. At the largest size, the child's peak RSS while writing.
+// them the XXH3 checksum pass alone and the checkpoint file written alone (write_safetensors in
+// this process), which tells the writer's share of a persist from the child's and the commit's. At the largest size, the child's peak RSS while writing.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include "figures.hpp"
 #include "machine.hpp"
 #include "shmckpt/layout.hpp"
+#include "shmckpt/writer.hpp"
 
 namespace ckpt_bench {
 
@@ -80,7 +82,7 @@ void run_persist(bench& b, std::uint64_t s, bool largest) {
     proc.write(tree, dir).get();
     return rate(s, seconds_since(t0));
   };
-  std::vector<double> shm, shm_buffered, buffered, direct, hash;
+  std::vector<double> shm, shm_buffered, file_only, buffered, direct, hash;
   volatile std::uint64_t sink = 0;
   auto hash_once = [&](int) {
     auto t0 = mono_ns();
@@ -96,6 +98,15 @@ void run_persist(bench& b, std::uint64_t s, bool largest) {
     fs::remove_all(dir);
     return v;
   };
+  // The file alone, from the same shared tensors, in this process: no child, no manifest.
+  auto file_only_once = [&](int r) {
+    fs::path file = b.scratch() / ("persist-file-" + std::to_string(r) + ".safetensors");
+    auto t0 = mono_ns();
+    write_safetensors(file, sd);
+    double v = rate(s, seconds_since(t0));
+    fs::remove(file);
+    return v;
+  };
   auto default_writer_once = [&](int r) {
     fs::path dir = checkpoint_dir("persist-", r);
     double v = persist_into(p, sd, dir);
@@ -106,6 +117,7 @@ void run_persist(bench& b, std::uint64_t s, bool largest) {
                         {&buffered, raw_once(raw_io::buffered)},
                         {&direct, raw_once(raw_io::direct)},
                         {&shm_buffered, buffered_writer_once},
+                        {&file_only, file_only_once},
                         {&shm, default_writer_once}});
   // The better raw write of each repetition.
   std::vector<double> best(buffered.size());
@@ -134,6 +146,8 @@ void run_persist(bench& b, std::uint64_t s, bool largest) {
   b.add(figures::persist, r);
   r.value = summarize(shm_buffered);
   b.add(figures::persist_buffered_writer, r);
+  r.value = summarize(file_only);
+  b.add(figures::persist_file_only, r);
 }
 
 }  // namespace ckpt_bench

@@ -15,7 +15,7 @@ endif()
 # Every figure of the issue's table (plus the informational ones) must appear.
 set(expected
   startup ping_round_trip write_return write_return_future write_return_flatness handoff
-  handoff_future staging_steady staging_first segment_create persist child_peak_rss
+  handoff_future staging_steady staging_first segment_create persist persist_file_only child_peak_rss
   end_to_end_save load_page_cache load_view_touch load_cold open_many_tensors
   parent_extra_memory interference_one_thread persist_under_load_one_thread)
 string(JSON n ERROR_VARIABLE jerr LENGTH "${out}" figures)
