@@ -17,7 +17,7 @@ namespace {
 
 // ---- strings ---------------------------------------------------------------------------------
 //
-// Names, dtype names and the metadata values (the tree and the checksum table: megabytes of
+// Tensor names and the metadata values (the tree and the checksum table: megabytes of
 // JSON text full of escaped quotes) are read eight bytes at a time between escapes. Only the
 // short escapes (\" \\ \/ \b \f \n \r \t) are taken; a \u escape or a control character gives
 // up, and the SAX reader reads the whole header instead.
