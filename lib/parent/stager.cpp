@@ -41,34 +41,25 @@ struct copy_job {
 constexpr std::size_t streaming_threshold = std::size_t{256} << 10;
 
 // Non-temporal (streaming) stores: the destination bypasses the cache and is not read first.
-// Whether that beats memcpy depends on the CPU (on one Intel Xeon it did by 1.1-1.5x, on an AMD
-// EPYC of the same class a simpler streaming loop lost by 2x), which is why automatic mode
-// measures it.
-#if defined(__SSE2__)
-// One 64-byte line from `src` to `dst` (16-byte aligned) with streaming stores.
-inline void stream_line(std::byte* dst, const std::byte* src) noexcept {
-  auto* d = reinterpret_cast<__m128i*>(dst);
-  const auto* q = reinterpret_cast<const __m128i*>(src);
-  __m128i a = _mm_loadu_si128(q), b = _mm_loadu_si128(q + 1), c = _mm_loadu_si128(q + 2),
-          e = _mm_loadu_si128(q + 3);
-  _mm_stream_si128(d, a);
-  _mm_stream_si128(d + 1, b);
-  _mm_stream_si128(d + 2, c);
-  _mm_stream_si128(d + 3, e);
-}
-#endif
-
-// Four pages at a time, line by line across them (line 0 of each page, then line 1, ...): the
-// loads and the write-combined stores then go to four DRAM pages at once instead of streaming
-// one, which on the Intel Xeon of docs/benchmarks.md copied 1.3x faster than a plain streaming
-// loop (15-16 against 11-13 GB/s with two threads, 1 and 4 MiB copies).
+// Whether that beats memcpy depends on the CPU (on one Intel Xeon by 1.1-1.5x; on an AMD EPYC a
+// simpler streaming loop lost by 2x), which is why automatic mode measures it. Four pages are
+// copied at a time, line by line across them, so that the loads and the write-combined stores
+// keep four DRAM pages open instead of one: 1.3x faster than one page at a time on that Xeon.
 void stream_copy(std::byte* dst, const std::byte* src, std::size_t n) noexcept {
 #if defined(__SSE2__)
   constexpr std::size_t line = 64, page = 4096, group = 4 * page;
-  // Head: bring dst to a cache-line boundary.
-  std::size_t head = std::min(n, (line - (reinterpret_cast<std::uintptr_t>(dst) & (line - 1))) &
-                                     (line - 1));
-  std::memcpy(dst, src, head);
+  auto stream_line = [](std::byte* to, const std::byte* from) {  // `to` 16-byte aligned
+    auto* d = reinterpret_cast<__m128i*>(to);
+    const auto* q = reinterpret_cast<const __m128i*>(from);
+    __m128i a = _mm_loadu_si128(q), b = _mm_loadu_si128(q + 1), c = _mm_loadu_si128(q + 2),
+            e = _mm_loadu_si128(q + 3);
+    _mm_stream_si128(d, a);
+    _mm_stream_si128(d + 1, b);
+    _mm_stream_si128(d + 2, c);
+    _mm_stream_si128(d + 3, e);
+  };
+  std::size_t head = std::min(n, (line - reinterpret_cast<std::uintptr_t>(dst) % line) % line);
+  std::memcpy(dst, src, head);  // dst now on a cache-line boundary
   dst += head;
   src += head;
   n -= head;
