@@ -3,7 +3,6 @@
 #include "commit/manifest.hpp"
 
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <boost/json.hpp>
@@ -12,6 +11,7 @@
 #include <cstring>
 
 #include "core/util.hpp"
+#include "core/xxh3.hpp"
 #include "format/safetensors.hpp"
 #include "io/durable_file.hpp"
 #include "io/regular_file.hpp"

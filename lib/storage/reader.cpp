@@ -32,7 +32,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -47,6 +46,7 @@
 #include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
 #include "core/util.hpp"
+#include "core/xxh3.hpp"
 
 #ifndef SHMCKPT_VERSION
 #define SHMCKPT_VERSION "unknown"

@@ -41,7 +41,6 @@
 #include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -62,6 +61,7 @@
 #include "commit/manifest.hpp"
 #include "core/progress.hpp"
 #include "core/util.hpp"
+#include "core/xxh3.hpp"
 #include "core/write_reply.hpp"
 #include "format/safetensors.hpp"
 #include "io/durable_file.hpp"

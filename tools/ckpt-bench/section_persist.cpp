@@ -11,9 +11,9 @@
 #include <thread>
 #include <vector>
 
-#include <xxhash.h>
 
 #include "bench.hpp"
+#include "core/xxh3.hpp"
 #include "figures.hpp"
 #include "machine.hpp"
 #include "shmckpt/layout.hpp"
