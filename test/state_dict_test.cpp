@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/dict_build.hpp"
 #include "shmckpt/error.hpp"
 #include "shmckpt/state_dict.hpp"
 #include "test_support.hpp"
@@ -256,4 +257,61 @@ BOOST_AUTO_TEST_CASE(dict_lookups_order_and_erase_agree_below_and_above_the_inde
     for (std::size_t i = 1; i < n; i += 2) BOOST_TEST(d.contains("k" + std::to_string(i)));
     BOOST_TEST(d.size() == n / 2 + 20);
   }
+}
+
+// The tree decoders build each dict from all its items at once (dict_build::adopt). The result
+// must be the dict insert_or_assign would have built: same order, working lookups (by scan up to
+// eight keys, by the hash index above), repeated keys and refused keys caught.
+BOOST_AUTO_TEST_CASE(a_dict_adopted_whole_behaves_like_one_built_by_inserts) {
+  using shmckpt::detail::dict_build;
+  auto items_of = [](std::size_t n, const std::string& prefix) {
+    std::vector<dict::item> items;
+    for (std::size_t i = 0; i < n; ++i)
+      items.emplace_back(prefix + std::to_string(i), static_cast<std::int64_t>(i));
+    return items;
+  };
+  for (std::size_t n : {0u, 1u, 3u, 8u, 9u, 40u}) {
+    BOOST_TEST_CONTEXT("items: " << n) {
+      auto items = items_of(n, "k");
+      dict adopted;
+      BOOST_TEST(dict_build::adopt(adopted, items));
+      BOOST_TEST(items.empty());
+      dict inserted;
+      for (auto& [k, v] : items_of(n, "k")) inserted.insert_or_assign(k, v);
+      BOOST_TEST((adopted == inserted));
+      for (std::size_t i = 0; i < n; ++i) {
+        const value* v = adopted.find("k" + std::to_string(i));
+        BOOST_TEST_REQUIRE(v != nullptr);
+        BOOST_TEST(v->as_int() == static_cast<std::int64_t>(i));
+      }
+      BOOST_TEST(adopted.find("absent") == nullptr);
+      // Later changes keep the lookups right, across the switch to the hash index too.
+      adopted.insert_or_assign("k0", std::int64_t{-1});
+      BOOST_TEST(adopted.size() == std::max<std::size_t>(n, 1));
+      BOOST_TEST(adopted.at("k0").as_int() == -1);
+      for (std::size_t i = 0; i < 12; ++i) adopted.insert_or_assign("z" + std::to_string(i), none);
+      for (std::size_t i = 0; i < n; ++i) BOOST_TEST(adopted.contains("k" + std::to_string(i)));
+      if (n > 2) {
+        BOOST_TEST(adopted.erase("k1"));
+        BOOST_TEST(!adopted.contains("k1"));
+        BOOST_TEST(adopted.at("k2").as_int() == 2);
+      }
+    }
+  }
+  for (std::size_t n : {2u, 5u, 30u}) {  // a repeated key, among few and among many
+    BOOST_TEST_CONTEXT("repeat among " << n) {
+      auto items = items_of(n, "k");
+      items.emplace_back("k" + std::to_string(n - 1), none);
+      dict d;
+      BOOST_TEST(!dict_build::adopt(d, items));
+      BOOST_TEST(d.empty());
+      BOOST_TEST(d.find("k0") == nullptr);
+      d.insert_or_assign("k0", true);  // still a working, empty dict
+      BOOST_TEST(d.size() == 1u);
+    }
+  }
+  dict ints = dict::with_int_keys();
+  std::vector<dict::item> bad;
+  bad.emplace_back("01", none);
+  BOOST_CHECK_THROW(dict_build::adopt(ints, bad), error);
 }

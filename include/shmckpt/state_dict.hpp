@@ -57,6 +57,8 @@ class dict;
 namespace detail {
 // The library's access to a dict's placement mark (see dict::placement_mark_).
 struct dict_placement;
+// The tree decoders' construction of a dict from all its items at once (lib/core/dict_build.hpp).
+struct dict_build;
 }  // namespace detail
 
 /// The deepest nesting of dicts, lists and tuples a state dict may have (the root dict is 1).
@@ -193,6 +195,7 @@ class dict {
 
  private:
   friend struct detail::dict_placement;
+  friend struct detail::dict_build;
 
   // Transparent hashing: lookups by string_view allocate nothing.
   struct key_hash {

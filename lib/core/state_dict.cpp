@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/dict_build.hpp"
 #include "shmckpt/error.hpp"
 
 namespace shmckpt {
@@ -261,6 +262,26 @@ value& dict::insert_or_assign(std::string key, value v) {
     for (std::size_t i = 0; i < items_.size(); ++i) index_.emplace(items_[i].first, i);
   }
   return items_.back().second;
+}
+
+bool detail::dict_build::adopt(dict& d, std::vector<dict::item>& items) {
+  d.unmark();
+  for (const auto& it : items) d.check_key(it.first);
+  if (items.size() <= small_dict_items) {
+    for (std::size_t i = 1; i < items.size(); ++i)
+      for (std::size_t j = 0; j < i; ++j)
+        if (items[i].first == items[j].first) return false;
+  } else {
+    d.index_.reserve(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i)
+      if (!d.index_.emplace(items[i].first, i).second) {
+        d.index_.clear();
+        return false;
+      }
+  }
+  d.items_ = std::move(items);
+  items.clear();
+  return true;
 }
 
 const value* dict::find_const(std::string_view key) const noexcept {

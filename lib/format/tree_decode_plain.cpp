@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/dict_build.hpp"
 #include "format/header_plain.hpp"
 #include "format/safetensors.hpp"
 #include "format/text.hpp"
@@ -120,17 +121,16 @@ class plain_tree_reader {
           case tag::dict:
           case tag::idict: {
             if (holder + 1 > max_tree_depth) return false;
-            dict d;
-            if (!items(d, holder + 1, t == tag::idict ? key_type::integer : key_type::string))
+            out = dict();  // filled in place: a dict is never moved once built
+            if (!items(std::get<dict>(out.raw()), holder + 1,
+                       t == tag::idict ? key_type::integer : key_type::string))
               return false;
-            out = std::move(d);
             break;
           }
           case tag::tuple: {
             if (holder + 1 > max_tree_depth) return false;
-            list l;
-            if (!elements(l, holder + 1)) return false;
-            out = tuple(std::move(l));
+            out = tuple();
+            if (!elements(std::get<tuple>(out.raw()), holder + 1)) return false;
             break;
           }
           case tag::real: {
@@ -164,10 +164,8 @@ class plain_tree_reader {
       }
       case '[': {
         if (holder + 1 > max_tree_depth) return false;
-        list l;
-        if (!elements(l, holder + 1)) return false;
-        out = std::move(l);
-        return true;
+        out = list();
+        return elements(std::get<list>(out.raw()), holder + 1);
       }
       case '"': {
         std::string_view s;
@@ -196,7 +194,10 @@ class plain_tree_reader {
     if (!at(']')) {
       for (;;) {
         if (!take("[")) return false;
-        std::string key;
+        // The item is read in place. `list_of` belongs to this depth, so nothing below
+        // (deeper containers use deeper scratch) moves it while `item` is in use.
+        dict::item& item = list_of.emplace_back();
+        std::string& key = item.first;
         if (keys == key_type::integer) {
           std::int64_t k;
           if (!integer(k)) return false;
@@ -215,27 +216,26 @@ class plain_tree_reader {
         if (!take(",")) return false;
         std::size_t mark = path_.size();
         push_path(path_, key);
-        value v;
         std::size_t entry;
-        if (!value_of(v, depth, entry) || !take("]")) return false;
+        if (!value_of(item.second, depth, entry) || !take("]")) return false;
         path_.resize(mark);
-        if (entry != no_entry) found.emplace_back(list_of.size(), entry);
-        list_of.emplace_back(std::move(key), std::move(v));
+        if (entry != no_entry) found.emplace_back(list_of.size() - 1, entry);
         if (at(']')) break;
         if (!take(",")) return false;
       }
     }
     ++p_;
-    // As the SAX decoder builds it: one allocation for the items, repeated keys refused.
+    // What the SAX decoder builds, the items handed over whole; repeated keys refused. The
+    // next dict at this depth gets a buffer of this one's size.
     if (keys == key_type::integer) d.set_key_type(key_type::integer);
-    d.reserve(list_of.size());
-    for (auto& [k, v] : list_of) d.insert_or_assign(std::move(k), std::move(v));
-    bool ok = d.size() == list_of.size();
+    std::size_t n = list_of.size();
+    bool ok = dict_build::adopt(d, list_of);
+    list_of.reserve(n);
     if (ok)
       for (auto [i, entry] : found)
         out_->tensors.emplace_back(&(d.begin() + static_cast<std::ptrdiff_t>(i))->second, entry);
     found.clear();
-    list_of.clear();
+    list_of.clear();  // when adopt refused them
     return ok;
   }
 
@@ -247,12 +247,10 @@ class plain_tree_reader {
       for (;;) {
         std::size_t mark = path_.size();
         push_path(path_, std::to_string(l.size()));
-        value v;
         std::size_t entry;
-        if (!value_of(v, depth, entry)) return false;
+        if (!value_of(l.emplace_back(), depth, entry)) return false;  // in place, as in items
         path_.resize(mark);
-        if (entry != no_entry) found.emplace_back(l.size(), entry);
-        l.push_back(std::move(v));
+        if (entry != no_entry) found.emplace_back(l.size() - 1, entry);
         if (at(']')) break;
         if (!take(",")) return false;
       }
