@@ -34,6 +34,7 @@
 #include "format/header_fast.hpp"
 #include "format/header_plain.hpp"
 #include "format/safetensors.hpp"
+#include "format/text.hpp"
 #include "fuzz/corpus.hpp"
 #include "fuzz/header_cases.hpp"
 #include "shmckpt/error.hpp"
@@ -500,4 +501,45 @@ BOOST_AUTO_TEST_CASE(fast_reader_and_validator_agree_around_the_leading_metadata
   for (const auto& o : odd) check_agreement({"odd", o, 8}, t);
   BOOST_TEST(t.fast_accepted >= 4u);
   BOOST_TEST(t.exact_rejected > 1000u);
+}
+
+// parse_hex64 reads the checksum table's values and the tree's doubles eight digits at a time.
+// It must mean exactly what one digit at a time means: 16 lowercase hex digits, first digit
+// most significant, anything else refused. Every byte value is tried at every position.
+BOOST_AUTO_TEST_CASE(hex64_parser_matches_the_digit_by_digit_definition) {
+  auto by_digit = [](std::string_view s) -> std::optional<std::uint64_t> {
+    if (s.size() != 16) return std::nullopt;
+    std::uint64_t v = 0;
+    for (char c : s) {
+      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (d < 0) return std::nullopt;
+      v = (v << 4) | static_cast<std::uint64_t>(d);
+    }
+    return v;
+  };
+  std::mt19937_64 rng(7);
+  const char* digits = "0123456789abcdef";
+  int mismatches = 0, refused = 0;
+  for (int round = 0; round < 200; ++round) {
+    std::string s(16, '0');
+    for (char& c : s) c = digits[rng() % 16];
+    if (shmckpt::detail::parse_hex64(s) != by_digit(s)) ++mismatches;
+    for (std::size_t pos = 0; pos < s.size(); ++pos)
+      for (int b = 0; b < 256; ++b) {
+        std::string t = s;
+        t[pos] = static_cast<char>(b);
+        auto got = shmckpt::detail::parse_hex64(t);
+        if (got != by_digit(t)) ++mismatches;
+        refused += !got;
+      }
+  }
+  BOOST_TEST(mismatches == 0);
+  BOOST_TEST(refused == 200 * 16 * (256 - 16));  // all but the 16 lowercase digits
+  BOOST_TEST((shmckpt::detail::parse_hex64("0123456789abcdef") ==
+              std::optional<std::uint64_t>(0x0123456789abcdefu)));
+  BOOST_TEST((shmckpt::detail::parse_hex64("ffffffffffffffff") ==
+              std::optional<std::uint64_t>(~std::uint64_t{0})));
+  BOOST_TEST(!shmckpt::detail::parse_hex64("0123456789ABCDEF").has_value());  // one spelling
+  BOOST_TEST(!shmckpt::detail::parse_hex64("0123456789abcde").has_value());
+  BOOST_TEST(!shmckpt::detail::parse_hex64("0123456789abcdef0").has_value());
 }

@@ -48,6 +48,19 @@ inline unsigned special_mask(__m128i v) noexcept {
 }
 #endif
 
+// Whether `s` holds a quote, a backslash or a control character: a byte JSON must escape.
+inline bool has_special_byte(std::string_view s) noexcept {
+  const char* p = s.data();
+  const char* const end = p + s.size();
+#if defined(__SSE2__)
+  for (; end - p >= 16; p += 16)
+    if (special_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))) != 0) return true;
+#endif
+  for (; p != end; ++p)
+    if (*p == '"' || *p == '\\' || static_cast<unsigned char>(*p) < 0x20) return true;
+  return false;
+}
+
 // What the short escape \<c> stands for, or 0 for the escapes left to the parser (\u) and errors.
 constexpr char short_escape(char c) noexcept {
   switch (c) {
@@ -312,8 +325,7 @@ bool read_checksums_plain(std::string_view text, const std::vector<tensor_entry>
     // `"<name>":"<16 hex>"` then `,` (or `}` after the last): 22 bytes besides the name.
     if (static_cast<std::size_t>(end - p) < name.size() + 22 || *p != '"') return false;
     ++p;
-    for (char ch : name)  // the name as it is, with nothing JSON would have to escape
-      if (ch == '"' || ch == '\\' || static_cast<unsigned char>(ch) < 0x20) return false;
+    if (has_special_byte(name)) return false;  // the name as it is: nothing JSON must escape
     if (std::memcmp(p, name.data(), name.size()) != 0) return false;
     p += name.size();
     if (std::memcmp(p, "\":\"", 3) != 0 || p[19] != '"') return false;

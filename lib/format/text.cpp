@@ -1,6 +1,8 @@
 // text.cpp — UTF-8 validation, escaping, hex and byte sizes (see text.hpp).
 #include "format/text.hpp"
 
+#include <bit>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 
@@ -210,15 +212,35 @@ int hex_value(char c) noexcept {
 }
 }  // namespace
 
+namespace {
+// Eight lowercase hex digits at `p`, first digit most significant, eight bytes at a time: every
+// byte is checked to be 0-9 or a-f, and the nibbles are packed with shifts. Returns false for
+// any other byte. (A checkpoint's checksum table is 65 536 of these for a large model.)
+bool hex8(const char* p, std::uint32_t& out) noexcept {
+  constexpr std::uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+  std::uint64_t w;
+  std::memcpy(&w, p, 8);
+  if constexpr (std::endian::native == std::endian::big) w = __builtin_bswap64(w);
+  if (w & high) return false;
+  // For bytes below 0x80 these sums never carry into the next byte.
+  auto at_least = [w](std::uint64_t lo) { return (w + ones * (0x80 - lo)) & high; };
+  auto at_most = [w](std::uint64_t hi) { return ~(w + ones * (0x7f - hi)) & high; };
+  std::uint64_t digit = at_least('0') & at_most('9');
+  std::uint64_t letter = at_least('a') & at_most('f');
+  if ((digit | letter) != high) return false;
+  std::uint64_t nib = (w & ones * 0x0f) + (letter >> 7) * 9;  // each byte 0-15
+  std::uint64_t x = ((nib << 4) | (nib >> 8)) & 0x00ff00ff00ff00ffu;  // digit pairs, even bytes
+  x = (x | (x >> 8)) & 0x0000ffff0000ffffu;
+  x = (x | (x >> 16)) & 0xffffffffu;  // the four pairs in bytes 0-3, first pair lowest
+  out = __builtin_bswap32(static_cast<std::uint32_t>(x));
+  return true;
+}
+}  // namespace
+
 std::optional<std::uint64_t> parse_hex64(std::string_view s) noexcept {
-  if (s.size() != 16) return std::nullopt;
-  std::uint64_t v = 0;
-  for (char c : s) {
-    int d = hex_value(c);
-    if (d < 0) return std::nullopt;
-    v = (v << 4) | static_cast<std::uint64_t>(d);
-  }
-  return v;
+  std::uint32_t hi, lo;
+  if (s.size() != 16 || !hex8(s.data(), hi) || !hex8(s.data() + 8, lo)) return std::nullopt;
+  return (static_cast<std::uint64_t>(hi) << 32) | lo;
 }
 
 std::optional<std::string> parse_hex_bytes(std::string_view s) {
