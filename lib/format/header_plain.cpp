@@ -81,7 +81,8 @@ constexpr char short_escape(char c) noexcept {
 // The JSON string whose opening quote is at text[i], unescaped, appended to `out`; returns the
 // position after its closing quote, or npos to give up. Sixteen (or eight) bytes at a time
 // between escapes, through a buffer on the stack; a string too long for it reserves room for
-// the rest of the text once (the unescaped string is no longer), so that a megabyte value is never regrown.
+// the rest of the text once (the unescaped string is no longer), so that a megabyte value is
+// never regrown.
 std::size_t scan_json_string(std::string_view text, std::size_t i, std::string& out) {
   const char* const begin = text.data();
   const char* const end = begin + text.size();

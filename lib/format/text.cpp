@@ -210,9 +210,7 @@ int hex_value(char c) noexcept {
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   return -1;  // uppercase is rejected on purpose: one spelling per value
 }
-}  // namespace
 
-namespace {
 // Eight lowercase hex digits at `p`, first digit most significant, eight bytes at a time: every
 // byte is checked to be 0-9 or a-f, and the nibbles are packed with shifts. Returns false for
 // any other byte. (A checkpoint's checksum table is 65 536 of these for a large model.)
