@@ -113,7 +113,13 @@ def main():
     if args.ranks:
         sys.exit(launch(args.ranks))
     rank, world = init_distributed()
-    say = print if world == 1 else (lambda *a, **k: print(f"[rank {rank}]", *a, flush=True, **k))
+    def say(message):
+        # One write per line: the ranks share the terminal (or the launcher's pipe), and with
+        # unbuffered output print() writes its arguments separately, so prefixes and lines of
+        # different ranks could interleave.
+        prefix = f"[rank {rank}] " if world > 1 else ""
+        sys.stdout.write(f"{prefix}{message}\n")
+        sys.stdout.flush()
     model, opt, sched = build(args)
     nbytes = sum(p.numel() * 4 for p in model.parameters()) * 3  # weights + Adam's two moments
     start = 0
