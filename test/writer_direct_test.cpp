@@ -173,6 +173,38 @@ BOOST_AUTO_TEST_CASE(bounce_buffer_serves_odd_sizes_misaligned_memory_empty_and_
   }
 }
 
+// The direct path's batches grow from 8 MiB to 64 MiB (8, 16, 32, 64, 64, ...): a file past
+// the cap, with misaligned tensors and odd sizes across every batch boundary, comes out byte for
+// byte as the buffered path writes it, and its checksums verify.
+BOOST_AUTO_TEST_CASE(growing_direct_batches_write_the_same_bytes_as_the_buffered_path) {
+  scratch_dir dir("writer");
+  constexpr std::size_t MiB = std::size_t{1} << 20;
+  page_memory mem(144 * MiB);
+  state_dict sd;
+  list parts;
+  std::size_t at = 0;
+  for (int i = 0; at + 23 * MiB < 144 * MiB; ++i) {
+    // 7-23 MiB each, every third one starting off a page boundary, sizes not multiples of 4096.
+    std::size_t n = (7 + (i * 5) % 17) * MiB + static_cast<std::size_t>(i * 977 % 4096);
+    std::size_t off = at + (i % 3 == 1 ? 5 + i : 0);
+    parts.push_back(mem.view(dtype::u8, static_cast<std::int64_t>(n), off));
+    at = (off + n + 4095) / 4096 * 4096;
+  }
+  BOOST_REQUIRE(at > 120 * MiB);  // past 8 + 16 + 32 + 64 MiB: into a second capped batch
+  sd["parts"] = std::move(parts);
+  fs::path file = dir / "large.safetensors";
+  safetensors_write_result r = write_safetensors(file, sd);
+  if (direct_io_works(dir.path())) {
+    BOOST_TEST((r.path == write_path::direct));
+    BOOST_TEST(r.bounced_bytes > 0u);
+  }
+  safetensors_write_options buffered;
+  buffered.io = write_io::buffered;
+  write_safetensors(dir / "buffered.safetensors", sd, buffered);
+  BOOST_TEST((read_file(dir / "buffered.safetensors") == read_file(file)));
+  BOOST_TEST((read(file, {.verify_checksums = true}) == sd));
+}
+
 BOOST_AUTO_TEST_CASE(memory_filesystem_falls_back_to_buffered_writes) {
   struct statfs sfs {};
   if (::statfs("/dev/shm", &sfs) != 0 || sfs.f_type != 0x01021994 /* TMPFS_MAGIC */) {

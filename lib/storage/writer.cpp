@@ -9,7 +9,7 @@
 //      temp-file lock, fallocate of the full size so a full disk fails at once);
 //   3. write the data section straight from the tensors' memory — in the checkpoint child that
 //      memory is the shared segment — hashing each tensor on the way, checking the cancel flag
-//      and reporting progress between chunks of about 8 MiB;
+//      and reporting progress between batches (8 MiB, growing to 64 MiB on the direct path);
 //   4. write the now-final header (checksums filled in) at offset 0;
 //   5. fsync, close, rename over the target, fsync the directory (durable_file::commit).
 //
@@ -78,6 +78,13 @@ std::string os_message(int err) { return std::system_category().message(err); }
 
 // Large enough that per-call overhead vanishes, small enough that a cancel is seen quickly.
 constexpr std::size_t chunk_bytes = std::size_t{8} << 20;
+// The direct path's batches start at chunk_bytes and double up to this. Each pwritev waits for
+// all of its blocks, so every call ends with the device's queue drained; fewer, larger calls
+// drain it less often. Measured on an AMD EPYC guest: 8 MiB calls wrote 0.85-0.9x as fast as
+// one call for the whole file, 64 MiB calls as fast as it (docs/benchmarks.md). The small first
+// batch keeps the start (and the check that O_DIRECT is accepted) quick; at ~1 GB/s a batch of
+// 64 MiB still sees a cancel within about 0.1 s.
+constexpr std::size_t max_direct_batch = std::size_t{64} << 20;
 constexpr std::size_t max_iovecs = IOV_MAX;
 // Where the data section starts; also the coarsest O_DIRECT alignment the direct path serves.
 constexpr std::size_t data_alignment = 4096;
@@ -331,9 +338,9 @@ class direct_stream {
  private:
   void direct(const std::byte* p, std::uint64_t n) {
     while (n > 0) {
-      if (batch_bytes_ >= chunk_bytes) flush();  // bounce bytes may have filled the batch
+      if (batch_bytes_ >= batch_limit_) flush();  // bounce bytes may have filled the batch
       std::size_t k =
-          static_cast<std::size_t>(std::min<std::uint64_t>(n, chunk_bytes - batch_bytes_));
+          static_cast<std::size_t>(std::min<std::uint64_t>(n, batch_limit_ - batch_bytes_));
       // pwritev only reads through iov_base; the cast drops const for the C interface.
       queue(const_cast<std::byte*>(p), k);
       result_.direct_bytes += k;
@@ -341,7 +348,7 @@ class direct_stream {
       p += k;
       n -= k;
       // Room is left for one bounce entry, which may have to finish a block before a flush.
-      if (batch_bytes_ >= chunk_bytes || iov_.size() + 1 >= max_iovecs) flush();
+      if (batch_bytes_ >= batch_limit_ || iov_.size() + 1 >= max_iovecs) flush();
     }
   }
 
@@ -379,6 +386,7 @@ class direct_stream {
     ++submitted_;
     batch_offset_ += batch_bytes_;
     batch_bytes_ = 0;
+    batch_limit_ = std::min(batch_limit_ * 2, max_direct_batch);
     used_ = 0;
     current_ = (current_ + 1) % 3;
   }
@@ -404,6 +412,7 @@ class direct_stream {
   std::uint64_t pos_;           // file offset of the next byte appended
   std::uint64_t batch_offset_;  // file offset of the batch's first byte
   std::uint64_t batch_bytes_ = 0;
+  std::size_t batch_limit_ = chunk_bytes;  // grows to max_direct_batch, batch by batch
   std::uint64_t pos0_ = pos_;      // where the data section starts
   std::uint64_t reported_ = pos_;  // file offset up to which progress was reported
   std::vector<iovec> iov_;
