@@ -71,8 +71,8 @@ constexpr auto parent_gone_grace = std::chrono::seconds(2);
 // At most one PROGRESS frame per interval: the parent's watchdog (progress_timeout, at least 1 s
 // and 300 s by default) needs one now and then, and ten ~100-byte frames a second cost nothing
 // next to a write at disk speed, while keeping the description the parent reports on a hang
-// at most 0.1 s old. The writer reports every batch (8-64 MiB), i.e. up to a hundred times a second on
-// fast storage: the limit keeps most of those from becoming syscalls.
+// at most 0.1 s old. The writer reports every batch (8-64 MiB), i.e. up to a hundred times a
+// second on fast storage: the limit keeps most of those from becoming syscalls.
 constexpr auto progress_interval = std::chrono::milliseconds(100);
 
 struct worker_args {
