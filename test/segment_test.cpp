@@ -159,6 +159,42 @@ BOOST_AUTO_TEST_CASE(a_growable_segment_grows_in_place_and_the_attached_side_fol
   BOOST_TEST(seg.size() == grown);
 }
 
+// Size and resident bytes of this process's mapping that contains `p` (/proc/self/smaps).
+std::pair<std::uint64_t, std::uint64_t> mapping_size_and_resident(const void* p) {
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  std::uint64_t size = 0;
+  auto addr = reinterpret_cast<std::uintptr_t>(p);
+  while (std::getline(in, line)) {
+    std::uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      inside = addr >= lo && addr < hi;
+      size = hi - lo;
+      continue;
+    }
+    std::uint64_t kb = 0;
+    if (inside && std::sscanf(line.c_str(), "Rss: %lu kB", &kb) == 1) return {size, kb * 1024};
+  }
+  return {0, 0};
+}
+
+BOOST_AUTO_TEST_CASE(growth_prefaults_all_of_the_new_memory_and_leaves_it_zero) {
+  auto seg = segment::create(segment_options{.initial_bytes = 1u << 20, .max_bytes = 0});
+  // Large enough to be populated by several threads, and not a multiple of their shares.
+  const std::size_t n = (40u << 20) + 12345;
+  auto big = seg.allocate(n);
+  for (const std::byte* at : {big.get(), big.get() + n / 2, big.get() + n - 1}) {
+    auto [size, resident] = mapping_size_and_resident(at);
+    BOOST_TEST(size > 0u);
+    BOOST_TEST(resident == size);  // every page of the mapping: no fault left for the first copy
+  }
+  bool zero = true;
+  for (std::size_t i = 0; i < n; i += 4093) zero = zero && big.get()[i] == std::byte{0};
+  BOOST_TEST(zero);
+  BOOST_TEST((big.get()[n - 1] == std::byte{0}));
+}
+
 BOOST_AUTO_TEST_CASE(a_capped_segment_stops_at_its_cap_naming_it) {
   auto seg = segment::create(segment_options{.initial_bytes = 1u << 20, .max_bytes = 8u << 20});
   auto a = seg.allocate(4u << 20);  // grows within the cap

@@ -11,9 +11,11 @@
 // at the start of the mapping. The child attaches to the same fd without the allocator and only
 // resolves (offset, length) pairs, each checked against the mapping's bounds.
 //
-// Memory is reserved when the segment is created or grows (fallocate) and, by default, faulted
-// into the parent's page tables (MAP_POPULATE), so a shortage fails at once with a clear error
-// (never a SIGBUS later) and copies into the segment run at memcpy speed. Buffers freed back to
+// Memory is made real when the segment is created or grows: by default allocated and faulted
+// into the parent's page tables for writing (MADV_POPULATE_WRITE, split across the CPUs; where
+// the kernel lacks it, fallocate and MAP_POPULATE), otherwise only reserved (fallocate). A
+// shortage fails at once with a clear error (never a SIGBUS later), and copies into the segment
+// run at memcpy speed. Buffers freed back to
 // the allocator keep their pages: later checkpoints reuse them without new faults.
 //
 // Growth. A segment may grow, up to `segment_options::max_bytes` (0: as far as memory allows):
@@ -45,7 +47,7 @@ struct segment_options {
   /// The most the segment may grow to; 0 means no cap but the memory available. Equal to
   /// initial_bytes (or smaller) for a segment of fixed size.
   std::size_t max_bytes = 0;
-  /// Fault pages into the parent's page tables when they are added (MAP_POPULATE).
+  /// Fault pages into the parent's page tables when they are added (see above).
   bool prefault = true;
 };
 
