@@ -96,7 +96,7 @@ const figure_spec persist{
     .id = "persist",
     .name = "persist throughput (write() to durable, default writer, checksums on)",
     .u = bytes_per_second,
-    .baseline = "raw durable write, best of buffered+fsync and O_DIRECT",
+    .baseline = "raw durable write of the same shared bytes, best of buffered+fsync and O_DIRECT",
     .judge = ratio_at_least,
     .bound = 0.9};
 
@@ -104,7 +104,7 @@ const figure_spec persist_buffered_writer{
     .id = "persist_buffered_writer",
     .name = "persist throughput, default writer with io=buffered (the page-cache path)",
     .u = bytes_per_second,
-    .baseline = "raw durable write, best of buffered+fsync and O_DIRECT",
+    .baseline = "raw durable write of the same shared bytes, best of buffered+fsync and O_DIRECT",
     .target = "(the previous default, for comparison)"};
 
 const figure_spec persist_file_only{
@@ -112,7 +112,7 @@ const figure_spec persist_file_only{
     .name = "persist throughput, the file alone (write_safetensors of the same shared tensors in "
             "this process: no child, no manifest)",
     .u = bytes_per_second,
-    .baseline = "raw durable write, best of buffered+fsync and O_DIRECT",
+    .baseline = "raw durable write of the same shared bytes, best of buffered+fsync and O_DIRECT",
     .target = "(the writer's share of a persist)"};
 
 const figure_spec child_peak_rss{
