@@ -190,7 +190,7 @@ BOOST_AUTO_TEST_CASE(growing_direct_batches_write_the_same_bytes_as_the_buffered
     parts.push_back(mem.view(dtype::u8, static_cast<std::int64_t>(n), off));
     at = (off + n + 4095) / 4096 * 4096;
   }
-  BOOST_REQUIRE(at > 120 * MiB);  // past 8 + 16 + 32 + 64 MiB: into a second capped batch
+  BOOST_REQUIRE(at > 120 * MiB);  // past 8 + 16 + 32 + 64 MiB: a batch after the capped one
   sd["parts"] = std::move(parts);
   fs::path file = dir / "large.safetensors";
   safetensors_write_result r = write_safetensors(file, sd);
