@@ -8,6 +8,7 @@
 
 #include <boost/interprocess/managed_external_buffer.hpp>
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -15,9 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <system_error>
 #include <thread>
-#include <vector>
 
 #include "shmckpt/error.hpp"
 #include "core/util.hpp"
@@ -161,8 +160,8 @@ void map_tail(std::byte* base, int fd, std::size_t from, std::size_t to, bool po
 
 // Gives [from, to) back to the reservation (PROT_NONE, no memory behind it).
 void unmap_tail(std::byte* base, std::size_t from, std::size_t to) noexcept {
-  ::mmap(base + from, to - from, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
-         -1, 0);
+  ::mmap(base + from, to - from, PROT_NONE,
+         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
 }
 
 #ifndef MADV_POPULATE_WRITE
@@ -187,24 +186,26 @@ int populate_write(std::byte* p, std::size_t n) noexcept {
     return ::madvise(q, k, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
   };
   if (n == 0) return 0;
+  constexpr std::size_t max_threads = 4;
   std::size_t threads = 1;
   if (n >= parallel_populate_from)
-    threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 4);
+    threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, max_threads);
   if (threads == 1) return one(p, n);
   const std::size_t share = round_up(n / threads, std::size_t{2} << 20);
-  std::vector<int> result(threads, 0);
-  std::vector<std::thread> helpers;
+  std::array<int, max_threads> result{};
+  std::array<std::thread, max_threads - 1> helpers;
+  std::size_t started = 0;
   try {
-    for (std::size_t i = 1; i < threads && i * share < n; ++i)
-      helpers.emplace_back(
-          [&, i] { result[i] = one(p + i * share, std::min(share, n - i * share)); });
-  } catch (const std::system_error&) {
+    for (std::size_t i = 1; i < threads && i * share < n; ++i, ++started)
+      helpers[i - 1] =
+          std::thread([&, i] { result[i] = one(p + i * share, std::min(share, n - i * share)); });
+  } catch (...) {
     // No thread to be had: the caller's thread does the rest below.
   }
-  const std::size_t covered = (helpers.size() + 1) * share;
+  const std::size_t covered = (started + 1) * share;
   result[0] = one(p, std::min(share, n));
   if (covered < n && result[0] == 0) result[0] = one(p + covered, n - covered);
-  for (auto& h : helpers) h.join();
+  for (std::size_t i = 0; i < started; ++i) helpers[i].join();
   for (int r : result)
     if (r != 0) return r;
   return 0;
