@@ -120,19 +120,6 @@ fresh_shm::~fresh_shm() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-double raw_durable_write(const fs::path& file, const std::byte* src, std::size_t n, raw_io io) {
-  auto t0 = mono_ns();
-  {
-    auto fd =
-        open_checked(file, O_WRONLY | O_CREAT | O_TRUNC | (io == raw_io::direct ? O_DIRECT : 0));
-    pwrite_all(fd.get(), src, n, 0, file);
-    check_io(::fsync(fd.get()) == 0, "fsync", file);
-  }
-  double t = seconds_since(t0);
-  fs::remove(file);
-  return t;
-}
-
 std::optional<double> raw_durable_writev(const fs::path& file,
                                          const std::vector<std::span<const std::byte>>& pieces,
                                          raw_io io) {
@@ -176,6 +163,14 @@ std::optional<double> raw_durable_writev(const fs::path& file,
   double t = seconds_since(t0);
   fs::remove(file);
   return t;
+}
+
+double raw_durable_write(const fs::path& file, const std::byte* src, std::size_t n, raw_io io) {
+  auto t = raw_durable_writev(file, {{src, n}}, io);
+  if (!t)
+    throw std::invalid_argument("raw O_DIRECT write of " + std::to_string(n) +
+                                " bytes: needs a page-aligned source and a multiple of 4096 bytes");
+  return *t;
 }
 
 double raw_read_file(const fs::path& file) {
