@@ -130,6 +130,13 @@ std::byte* reserve_range(std::size_t n) {
   return static_cast<std::byte*>(p);
 }
 
+// Why `bytes` more could not be made memory of the segment (`err`: the errno), and what to do.
+std::string no_memory_message(std::size_t bytes, int err) {
+  return "cannot reserve " + format_bytes(bytes) + " more for the shared segment (" +
+         std::strerror(err) + "); " + format_bytes(available_memory_bytes()) +
+         " of memory is available; free memory or save a smaller state dict";
+}
+
 // Makes the file [old, new) real memory: a shortage fails here, not as SIGBUS on first touch.
 void extend_file(int fd, std::size_t old_size, std::size_t new_size) {
   if (::ftruncate(fd, static_cast<off_t>(new_size)) != 0)
@@ -142,10 +149,7 @@ void extend_file(int fd, std::size_t old_size, std::size_t new_size) {
       // The file keeps its larger size; nothing maps the tail, so nothing can touch it.
     }
     throw_error(e == ENOSPC || e == ENOMEM ? errc::no_space : errc::io_error,
-                "cannot reserve " + format_bytes(new_size - old_size) +
-                    " more for the shared segment (" + std::strerror(e) + "); " +
-                    format_bytes(available_memory_bytes()) +
-                    " of memory is available; free memory or save a smaller state dict");
+                no_memory_message(new_size - old_size, e));
   }
 }
 
@@ -228,11 +232,7 @@ void add_memory(std::byte* base, int fd, std::size_t from, std::size_t to, bool 
       // The file keeps its larger size; nothing maps the tail, so nothing can touch it.
     }
     if (e != EINVAL)
-      throw_error(errc::no_space, "cannot reserve " + format_bytes(to - from) +
-                                      " more for the shared segment (" + std::strerror(e) +
-                                      "); " + format_bytes(available_memory_bytes()) +
-                                      " of memory is available; free memory or save a smaller "
-                                      "state dict");
+      throw_error(errc::no_space, no_memory_message(to - from, e));
     // No MADV_POPULATE_WRITE (Linux < 5.14): fallocate, then MAP_POPULATE on one thread.
   }
   extend_file(fd, from, to);
