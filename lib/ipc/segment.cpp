@@ -8,7 +8,6 @@
 
 #include <boost/interprocess/managed_external_buffer.hpp>
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -16,9 +15,9 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include "shmckpt/error.hpp"
+#include "core/parallel.hpp"
 #include "core/util.hpp"
 
 namespace shmckpt {
@@ -176,9 +175,9 @@ void unmap_tail(std::byte* base, std::size_t from, std::size_t to) noexcept {
 constexpr std::size_t parallel_populate_from = std::size_t{32} << 20;
 
 // Allocates and write-faults every page of the mapped range [p, p + n) with MADV_POPULATE_WRITE,
-// split across up to one thread per CPU (at most four). Returns 0, or the first errno: EINVAL
-// where the kernel lacks MADV_POPULATE_WRITE, ENOMEM or EFAULT where memory ran out (reported
-// here instead of as SIGBUS on first touch).
+// split across up to one thread per CPU (detail::run_in_shares). Returns 0, or the first errno:
+// EINVAL where the kernel lacks MADV_POPULATE_WRITE, ENOMEM or EFAULT where memory ran out
+// (reported here instead of as SIGBUS on first touch).
 //
 // Why not fallocate and MAP_POPULATE: fallocate allocates and zeroes every page on one thread
 // (under the memory file's inode lock), and on virtual machines whose memory the host backs
@@ -186,33 +185,9 @@ constexpr std::size_t parallel_populate_from = std::size_t{32} << 20;
 // guest, 1 GiB of fresh memory then copied into by two threads: 1.35-1.39 GB/s through
 // fallocate + MAP_POPULATE, 2.17-2.28 GB/s populated by two threads (docs/benchmarks.md).
 int populate_write(std::byte* p, std::size_t n) noexcept {
-  auto one = [](std::byte* q, std::size_t k) {
-    return ::madvise(q, k, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
-  };
-  if (n == 0) return 0;
-  constexpr std::size_t max_threads = 4;
-  std::size_t threads = 1;
-  if (n >= parallel_populate_from)
-    threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, max_threads);
-  if (threads == 1) return one(p, n);
-  const std::size_t share = round_up(n / threads, std::size_t{2} << 20);
-  std::array<int, max_threads> result{};
-  std::array<std::thread, max_threads - 1> helpers;
-  std::size_t started = 0;
-  try {
-    for (std::size_t i = 1; i < threads && i * share < n; ++i, ++started)
-      helpers[i - 1] =
-          std::thread([&, i] { result[i] = one(p + i * share, std::min(share, n - i * share)); });
-  } catch (...) {
-    // No thread to be had: the caller's thread does the rest below.
-  }
-  const std::size_t covered = (started + 1) * share;
-  result[0] = one(p, std::min(share, n));
-  if (covered < n && result[0] == 0) result[0] = one(p + covered, n - covered);
-  for (std::size_t i = 0; i < started; ++i) helpers[i].join();
-  for (int r : result)
-    if (r != 0) return r;
-  return 0;
+  return detail::run_in_shares(n, parallel_populate_from, [p](std::size_t from, std::size_t to) {
+    return ::madvise(p + from, to - from, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
+  });
 }
 
 // Adds the file's [from, to) as memory behind the mapping. With `prefault`, every page is

@@ -16,6 +16,9 @@
 // shrinking under a live map (another process truncating it): touching a vanished page raises
 // SIGBUS, as with any mapped file.
 //
+// With read_options::copy, `read` maps only to parse the header: the data section is read with
+// pread into one private allocation that every tensor shares (see private_copy).
+//
 // `list_entries` reads only the header, with pread, and maps nothing.
 //
 // `read_into` maps the file like `read`, builds the whole tree as views (which validates it
@@ -45,6 +48,7 @@
 #include "io/regular_file.hpp"
 #include "format/safetensors.hpp"
 #include "shmckpt/error.hpp"
+#include "core/parallel.hpp"
 #include "core/util.hpp"
 #include "core/xxh3.hpp"
 
@@ -146,8 +150,11 @@ void pread_all(const checkpoint_file& f, char* p, std::size_t n, std::uint64_t o
 // The mapped file with its validated header.
 struct mapped_checkpoint {
   std::string label;
+  unique_fd fd;  // the file, which copying reads read with pread
   std::shared_ptr<file_mapping> map;
-  std::byte* data = nullptr;  // start of the data section
+  std::byte* data = nullptr;      // start of the data section in the mapping
+  std::uint64_t data_offset = 0;  // and in the file
+  std::uint64_t data_bytes = 0;   // its length
   detail::parsed_header header;
 };
 
@@ -170,25 +177,96 @@ mapped_checkpoint map_checkpoint(const fs::path& path) {
   std::string_view text(reinterpret_cast<const char*>(m.map->data()) + 8,
                         static_cast<std::size_t>(n));
   m.data = m.map->data() + 8 + n;
+  m.data_offset = 8 + n;
+  m.data_bytes = f.size - 8 - n;
   m.header = detail::parse_header(text, f.size - 8 - n, f.label);
+  m.fd = std::move(f.fd);
   return m;
 }
 
-std::uint64_t hash_of(const mapped_checkpoint& m, const tensor_entry& e) {
-  return XXH3_64bits(m.data + e.offset, static_cast<std::size_t>(e.nbytes));
+std::uint64_t hash_of(const std::byte* data, const tensor_entry& e) {
+  return XXH3_64bits(data + e.offset, static_cast<std::size_t>(e.nbytes));
 }
 
 value no_tensor(std::size_t) { return none; }
 
-void verify_entry(const mapped_checkpoint& m, std::size_t i) {
+// Checks entry `i` of the data section at `data`: the file's mapping, or a private copy of it.
+void verify_entry(const mapped_checkpoint& m, const std::byte* data, std::size_t i) {
   if (m.header.checksums.empty()) return;  // written without checksums: nothing to compare
   const tensor_entry& e = m.header.entries[i];
-  std::uint64_t actual = hash_of(m, e);
+  std::uint64_t actual = hash_of(data, e);
   if (actual != m.header.checksums[i])
     throw_error(errc::corrupt_data, m.label + ": tensor " + detail::quote_name(e.name) +
                                         ": checksum mismatch: the header records " +
                                         detail::checksum_text(m.header.checksums[i]) +
                                         ", the bytes hash to xxh3:" + detail::hex64(actual));
+}
+
+// Private anonymous memory holding a copy of a file's whole data section, which the tensors of
+// a copying read view. One allocation instead of one per tensor, 2 MiB-aligned and advised for
+// transparent huge pages: first touch then faults once per 2 MiB instead of once per 4 KiB, and
+// on virtual machines that is most of what a copying load costs (docs/benchmarks.md).
+class private_copy {
+ public:
+  static constexpr std::size_t huge_page = std::size_t{2} << 20;
+
+  private_copy(std::size_t n, const std::string& label) {
+    len_ = n >= huge_page ? n + huge_page : std::max<std::size_t>(n, 1);
+    void* p = ::mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+      throw_error(errc::no_space, label + ": cannot allocate " + format_bytes(n) +
+                                      " for a private copy of its tensors (" + os_message(errno) +
+                                      "); free memory, or read without copy (the tensors then "
+                                      "view the file's mapping)");
+    base_ = static_cast<std::byte*>(p);
+    data_ = base_;
+    if (n >= huge_page) {
+      auto at = (reinterpret_cast<std::uintptr_t>(p) + huge_page - 1) & ~(huge_page - 1);
+      data_ = reinterpret_cast<std::byte*>(at);
+      ::madvise(data_, n, MADV_HUGEPAGE);  // best effort: transparent huge pages may be off
+    }
+  }
+  private_copy(const private_copy&) = delete;
+  private_copy& operator=(const private_copy&) = delete;
+  ~private_copy() { ::munmap(base_, len_); }
+
+  std::byte* data() const noexcept { return data_; }
+
+ private:
+  std::byte* base_ = nullptr;
+  std::byte* data_ = nullptr;
+  std::size_t len_ = 0;
+};
+
+// From this size the data section is read on one thread per CPU: both the page-cache copy and
+// the first touch of the new memory scale with threads, and a cold read keeps more I/O in flight.
+constexpr std::size_t parallel_read_from = std::size_t{32} << 20;
+
+// Reads the data section of `m` into new private memory with pread: the file's mapping is never
+// faulted in for the bytes.
+std::shared_ptr<private_copy> read_data_section(const mapped_checkpoint& m) {
+  const auto n = static_cast<std::size_t>(m.data_bytes);
+  auto copy = std::make_shared<private_copy>(n, m.label);
+  constexpr int ended_early = -1;
+  int e = detail::run_in_shares(n, parallel_read_from, [&](std::size_t from, std::size_t to) {
+    std::byte* p = copy->data() + from;
+    std::uint64_t off = m.data_offset + from;
+    for (std::size_t left = to - from; left > 0;) {
+      ssize_t r = ::pread(m.fd.get(), p, std::min(left, std::size_t{1} << 30),
+                          static_cast<off_t>(off));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return errno;
+      if (r == 0) return ended_early;
+      p += r;
+      off += static_cast<std::uint64_t>(r);
+      left -= static_cast<std::size_t>(r);
+    }
+    return 0;
+  });
+  if (e == ended_early)
+    throw_error(errc::corrupt_data, m.label + ": file ended early (did it shrink while read?)");
+  if (e != 0) throw_error(errc::io_error, m.label + ": read failed: " + os_message(e));
+  return copy;
 }
 
 // Entry `i` as a tensor: a view of the mapping, or a private copy when asked for or when the
@@ -263,9 +341,9 @@ class read_into_plan {
   }
 
   void verify_checksums() const {
-    for (const auto& c : copies_) verify_entry(m_, c.entry);
+    for (const auto& c : copies_) verify_entry(m_, m_.data, c.entry);
     for (const auto& a : assigns_)
-      if (a.entry) verify_entry(m_, *a.entry);
+      if (a.entry) verify_entry(m_, m_.data, *a.entry);
   }
 
   void apply() const {
@@ -365,11 +443,21 @@ std::string name_list(const std::vector<std::string>& names) {
 state_dict read(const fs::path& file_or_dir, const read_options& options) {
   mapped_checkpoint m =
       map_checkpoint(resolve_complete(file_or_dir, options.rank, options.allow_incomplete));
+  // A copying read reads the whole data section into one private allocation, and each tensor
+  // views its own bytes there; the checksums are taken from those bytes, the ones handed out.
+  std::shared_ptr<private_copy> copy;
+  if (options.copy && !m.header.entries.empty()) copy = read_data_section(m);
+  const std::byte* data = copy ? copy->data() : m.data;
   if (options.verify_checksums)
-    for (std::size_t i = 0; i < m.header.entries.size(); ++i) verify_entry(m, i);
+    for (std::size_t i = 0; i < m.header.entries.size(); ++i) verify_entry(m, data, i);
   // Each entry becomes one tensor, and `m` goes away after: its shapes move into the tensors.
   auto make_tensor = [&](std::size_t i) -> value {
-    return entry_tensor(m, i, options.copy, std::move(m.header.entries[i].shape));
+    if (!copy) return entry_tensor(m, i, options.copy, std::move(m.header.entries[i].shape));
+    tensor_entry& e = m.header.entries[i];
+    std::span<std::byte> bytes(copy->data() + e.offset, static_cast<std::size_t>(e.nbytes));
+    if (reinterpret_cast<std::uintptr_t>(bytes.data()) % detail::element_alignment(e.type) != 0)
+      return tensor::copy_of(e.type, std::move(e.shape), bytes);  // only from other writers
+    return tensor(e.type, std::move(e.shape), bytes, copy);
   };
   return detail::build_state_dict(m.header, make_tensor, m.label);
 }
@@ -436,7 +524,7 @@ std::vector<checksum_check> check_checksums(const fs::path& file_or_dir,
   out.reserve(m.header.entries.size());
   if (!options.progress) {
     for (const auto& e : m.header.entries)
-      out.push_back({e.name, e.checksum, "xxh3:" + detail::hex64(hash_of(m, e))});
+      out.push_back({e.name, e.checksum, "xxh3:" + detail::hex64(hash_of(m.data, e))});
     return out;
   }
   // Streaming hash in slices, so that a multi-gigabyte tensor still moves the progress bar.
