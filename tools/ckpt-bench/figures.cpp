@@ -203,6 +203,13 @@ const figure_spec persist_under_load_one_thread =
     persist_under_load("persist_under_load_one_thread");
 const figure_spec persist_under_load_all_cores = persist_under_load("persist_under_load_all_cores");
 
+const figure_spec interference_control{
+    .id = "interference_control",
+    .name = "trainer compute in an idle window / in the idle window before it (A/A control), {}",
+    .u = ratio,
+    .target = "(the spread two equal windows show on this machine: the resolution of the two "
+              "rows above)"};
+
 const figure_spec child_cpu_per_persist{
     .id = "child_cpu_per_persist",
     .name = "checkpoint child CPU time (user + system) per lone persist{}",

@@ -28,6 +28,7 @@ extern const figure_spec parent_extra_memory;
 // section "interference"
 extern const figure_spec interference_one_thread, interference_all_cores;
 extern const figure_spec persist_under_load_one_thread, persist_under_load_all_cores;
+extern const figure_spec interference_control;
 extern const figure_spec child_cpu_per_persist;
 
 }  // namespace ckpt_bench::figures

@@ -17,7 +17,7 @@ set(expected
   startup ping_round_trip write_return write_return_future write_return_flatness handoff
   handoff_future staging_steady staging_first segment_create persist persist_file_only child_peak_rss
   end_to_end_save load_page_cache load_view_touch load_cold open_many_tensors
-  parent_extra_memory interference_one_thread persist_under_load_one_thread)
+  parent_extra_memory interference_one_thread persist_under_load_one_thread interference_control)
 string(JSON n ERROR_VARIABLE jerr LENGTH "${out}" figures)
 if(jerr)
   message(FATAL_ERROR "ckpt-bench did not print a JSON document with 'figures': ${jerr}\n${out}")
