@@ -321,7 +321,9 @@ struct flat_tree {
 // What read_into will do, decided before any byte of the template is touched.
 class read_into_plan {
  public:
-  read_into_plan(const mapped_checkpoint& m, const flat_tree& file) : m_(m), file_(file) {
+  // `copy`: placeholders get private copies of the file's tensors instead of views.
+  read_into_plan(const mapped_checkpoint& m, const flat_tree& file, bool copy)
+      : m_(m), file_(file), copy_(copy) {
     for (std::size_t i = 0; i < m.header.entries.size(); ++i)
       entry_index_.emplace(m.header.entries[i].name, i);
   }
@@ -351,7 +353,8 @@ class read_into_plan {
       const std::byte* from = m_.data + m_.header.entries[c.entry].offset;
       if (c.target.nbytes()) std::memcpy(c.target.data(), from, c.target.nbytes());
     }
-    for (const auto& a : assigns_) *a.slot = *a.source;
+    for (const auto& a : assigns_)
+      *a.slot = copy_ && a.entry ? value(a.source->as_tensor().clone()) : *a.source;
   }
 
   std::vector<std::string> missing;
@@ -423,6 +426,7 @@ class read_into_plan {
 
   const mapped_checkpoint& m_;
   const flat_tree& file_;
+  const bool copy_;
   std::unordered_map<std::string, std::size_t> entry_index_;
   std::vector<copy_into> copies_;
   std::vector<assign> assigns_;
@@ -473,11 +477,13 @@ read_result read_into(const fs::path& file_or_dir, state_dict& template_,
   mapped_checkpoint m =
       map_checkpoint(resolve_complete(file_or_dir, options.rank, options.allow_incomplete));
   // The whole tree is built (as views, O(header)) so that it is validated exactly as `read`
-  // validates it, and so that non-tensor values can be looked up by path.
+  // validates it, and so that non-tensor values can be looked up by path. Only the placeholders
+  // the template asks for are copied, when asked (apply): never the tensors copied into the
+  // template's own memory, nor those it does not name.
   state_dict file = detail::build_state_dict(
-      m.header, [&](std::size_t i) -> value { return entry_tensor(m, i, options.copy); }, m.label);
+      m.header, [&](std::size_t i) -> value { return entry_tensor(m, i, false); }, m.label);
   flat_tree flat(file);
-  read_into_plan plan(m, flat);
+  read_into_plan plan(m, flat, options.copy);
   plan.visit_dict(template_, "");
   plan.check();
   if (options.strict && !plan.missing.empty())
