@@ -269,21 +269,17 @@ std::shared_ptr<private_copy> read_data_section(const mapped_checkpoint& m) {
   return copy;
 }
 
-// Entry `i` as a tensor: a view of the mapping, or a private copy when asked for or when the
-// bytes miss their natural alignment (only in files from other writers). `shape` is the
-// entry's shape, or the entry's shape moved out when the caller needs the entries no more.
-tensor entry_tensor(const mapped_checkpoint& m, std::size_t i, bool copy,
+// Entry `e` as a tensor viewing its bytes in the data section at `data` (the file's mapping, or
+// a private copy of the section), kept alive by `owner`; copied on its own only when the bytes
+// miss their natural alignment (only in files from other writers). `shape` is the entry's shape,
+// or the entry's shape moved out when the caller needs the entries no more.
+tensor entry_tensor(const tensor_entry& e, std::byte* data, std::shared_ptr<const void> owner,
                     std::vector<std::int64_t> shape) {
-  const tensor_entry& e = m.header.entries[i];
-  std::span<std::byte> bytes(m.data + e.offset, static_cast<std::size_t>(e.nbytes));
+  std::span<std::byte> bytes(data + e.offset, static_cast<std::size_t>(e.nbytes));
   bool aligned =
       reinterpret_cast<std::uintptr_t>(bytes.data()) % detail::element_alignment(e.type) == 0;
-  if (copy || !aligned) return tensor::copy_of(e.type, std::move(shape), bytes);
-  return tensor(e.type, std::move(shape), bytes, m.map);
-}
-
-tensor entry_tensor(const mapped_checkpoint& m, std::size_t i, bool copy) {
-  return entry_tensor(m, i, copy, m.header.entries[i].shape);
+  if (!aligned) return tensor::copy_of(e.type, std::move(shape), bytes);
+  return tensor(e.type, std::move(shape), bytes, std::move(owner));
 }
 
 // ---- read_into -------------------------------------------------------------------------------
@@ -449,19 +445,19 @@ state_dict read(const fs::path& file_or_dir, const read_options& options) {
       map_checkpoint(resolve_complete(file_or_dir, options.rank, options.allow_incomplete));
   // A copying read reads the whole data section into one private allocation, and each tensor
   // views its own bytes there; the checksums are taken from those bytes, the ones handed out.
-  std::shared_ptr<private_copy> copy;
-  if (options.copy && !m.header.entries.empty()) copy = read_data_section(m);
-  const std::byte* data = copy ? copy->data() : m.data;
+  std::byte* data = m.data;
+  std::shared_ptr<const void> owner = m.map;
+  if (options.copy && !m.header.entries.empty()) {
+    auto copy = read_data_section(m);
+    data = copy->data();
+    owner = std::move(copy);
+  }
   if (options.verify_checksums)
     for (std::size_t i = 0; i < m.header.entries.size(); ++i) verify_entry(m, data, i);
   // Each entry becomes one tensor, and `m` goes away after: its shapes move into the tensors.
   auto make_tensor = [&](std::size_t i) -> value {
-    if (!copy) return entry_tensor(m, i, options.copy, std::move(m.header.entries[i].shape));
     tensor_entry& e = m.header.entries[i];
-    std::span<std::byte> bytes(copy->data() + e.offset, static_cast<std::size_t>(e.nbytes));
-    if (reinterpret_cast<std::uintptr_t>(bytes.data()) % detail::element_alignment(e.type) != 0)
-      return tensor::copy_of(e.type, std::move(e.shape), bytes);  // only from other writers
-    return tensor(e.type, std::move(e.shape), bytes, copy);
+    return entry_tensor(e, data, owner, std::move(e.shape));
   };
   return detail::build_state_dict(m.header, make_tensor, m.label);
 }
@@ -481,7 +477,12 @@ read_result read_into(const fs::path& file_or_dir, state_dict& template_,
   // the template asks for are copied, when asked (apply): never the tensors copied into the
   // template's own memory, nor those it does not name.
   state_dict file = detail::build_state_dict(
-      m.header, [&](std::size_t i) -> value { return entry_tensor(m, i, false); }, m.label);
+      m.header,
+      [&](std::size_t i) -> value {
+        const tensor_entry& e = m.header.entries[i];
+        return entry_tensor(e, m.data, m.map, e.shape);
+      },
+      m.label);
   flat_tree flat(file);
   read_into_plan plan(m, flat, options.copy);
   plan.visit_dict(template_, "");
