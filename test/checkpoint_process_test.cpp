@@ -371,6 +371,43 @@ BOOST_AUTO_TEST_CASE(mark_shared_marks_only_trees_wholly_in_the_segment) {
   BOOST_TEST(slurp(dir.path() / "x" / "record.txt").find("tensor model.w 8") != std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(a_marked_large_tree_is_written_from_its_descriptor_in_the_segment) {
+  temp_dir dir;
+  auto o = child_options();
+  o.segment_bytes = 16u << 20;
+  checkpoint_process p(o);
+  p.wait_ready();
+  dict layers;
+  for (int i = 0; i < 500; ++i)
+    layers.insert_or_assign("layer" + std::to_string(i), p.make_tensor(dtype::f32, {2}));
+  state_dict sd{{"model", std::move(layers)}, {"step", 11}};
+  const state_dict unmarked = sd;  // holds the tensors' room to the end
+  const auto free_unmarked = p.segment_free_bytes();
+  BOOST_TEST(p.mark_shared(sd));
+  BOOST_TEST(p.segment_free_bytes() < free_unmarked);  // its descriptor lies in the segment
+  // Written twice (the tree and a copy): the child reads the tree where it lies.
+  p.write(sd, dir.path() / "a").get();
+  p.write(state_dict(sd), dir.path() / "b").get();
+  for (const char* name : {"a", "b"}) {
+    const auto rec = slurp(dir.path() / name / "record.txt");
+    BOOST_TEST(rec.find("tensor model.layer0 8") != std::string::npos);
+    BOOST_TEST(rec.find("tensor model.layer499 8") != std::string::npos);
+    BOOST_TEST(rec.find("int step=11") != std::string::npos);
+  }
+  // A change after marking is what gets written, not the descriptor of the tree before it.
+  state_dict changed = sd;
+  changed.at("step") = 12;
+  changed.insert_or_assign("extra", p.make_tensor(dtype::u8, {3}));
+  p.write(changed, dir.path() / "c").get();
+  const auto rec = slurp(dir.path() / "c" / "record.txt");
+  BOOST_TEST(rec.find("int step=12") != std::string::npos);
+  BOOST_TEST(rec.find("tensor extra 3") != std::string::npos);
+  // Its room returns with the last marked copy (each future resolved after its job let go).
+  sd = {};
+  changed = {};
+  BOOST_TEST(p.segment_free_bytes() == free_unmarked);
+}
+
 BOOST_AUTO_TEST_CASE(large_descriptors_and_small_writes_go_out_in_order) {
   // A descriptor of many tensors is larger than the socket buffer: it leaves in pieces through
   // the io thread while small writes sent from the caller's thread queue behind it.

@@ -211,8 +211,9 @@ BOOST_AUTO_TEST_CASE(hostile_descriptors_are_rejected_not_trusted) {
   auto encode_one = [&](const tensor& t) {
     return p::encode_write("/x", state_dict{{"t", t}}, {}, a.offset_of());
   };
-  // Locate the tensor record: path(4+2) kwargs(4) dict size(4) key(4+1) tag(1) dtype(1) rank(1).
-  const std::size_t dtype_at = 6 + 4 + 4 + 5 + 1;
+  // Locate the tensor record: path(4+2) kwargs(4) form(1) dict size(4) key(4+1) tag(1) dtype(1)
+  // rank(1).
+  const std::size_t dtype_at = 6 + 4 + 1 + 4 + 5 + 1;
   const std::size_t dims_at = dtype_at + 2;
 
   auto payload = encode_one(a.make(dtype::f32, {2, 2}, 0));
@@ -244,13 +245,59 @@ BOOST_AUTO_TEST_CASE(hostile_descriptors_are_rejected_not_trusted) {
   // A dict claiming four billion entries must fail before allocating anything.
   bad = payload;
   std::uint32_t many = 0xFFFFFFFFu;
-  std::memcpy(bad.data() + 10, &many, 4);
+  std::memcpy(bad.data() + 11, &many, 4);
   expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "claims");
 
   // Unknown value tag.
   bad = payload;
   bad[dtype_at - 1] = std::byte{42};
   expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "unknown value tag");
+}
+
+// A descriptor placed in the segment (a tree marked once, written many times): the frame names
+// its place, and the child decodes it there with the same bounds checks as in a frame.
+BOOST_AUTO_TEST_CASE(a_descriptor_in_the_segment_decodes_like_one_in_the_frame) {
+  arena a;
+  state_dict sd{{"w", a.make(dtype::f32, {4, 2}, 64)},
+                {"opt", dict{{"step", 7}, {"betas", tuple{0.9, 0.999}}}},
+                {"names", list{"a", "b"}}};
+  const auto tree = p::encode_tree(sd, a.offset_of());
+  const std::size_t at = 1024;
+  std::memcpy(a.bytes.data() + at, tree.data(), tree.size());
+  const p::shared_tree place{.offset = at, .bytes = tree.size()};
+  const auto payload = p::encode_write("/ckpt/step7", place, {{"k", "v"}});
+  BOOST_TEST(payload.size() == 4 + 11 + 4 + 2 * (4 + 1) + 1 + 16);  // path, kwargs, form, place
+  auto back = p::decode_write(payload, a.resolve());
+  BOOST_TEST(back.path == "/ckpt/step7");
+  BOOST_TEST(back.kw.at("k") == "v");
+  BOOST_TEST((back.state == sd));
+  BOOST_TEST(back.state.at("w").as_tensor().data() == a.bytes.data() + 64);
+  // The same tree in the frame decodes to the same state dict.
+  BOOST_TEST((p::decode_write(p::encode_write("/ckpt/step7", sd, {{"k", "v"}}, a.offset_of()),
+                              a.resolve())
+                  .state == sd));
+
+  // A place outside the segment: the resolver refuses it.
+  auto out = p::encode_write("/x", p::shared_tree{.offset = 4000, .bytes = 200}, {});
+  expect_protocol_error([&] { p::decode_write(out, a.resolve()); }, "out of bounds");
+  // A length over the payload limit is refused before it is resolved.
+  auto huge = p::encode_write("/x", p::shared_tree{.offset = 0, .bytes = 1ull << 40}, {});
+  expect_protocol_error([&] { p::decode_write(huge, a.resolve()); }, "over the limit");
+  // A place one byte short of the tree, or one byte past it: truncated, or trailing bytes.
+  auto shorter = p::encode_write("/x", p::shared_tree{.offset = at, .bytes = tree.size() - 1}, {});
+  BOOST_CHECK_THROW(p::decode_write(shorter, a.resolve()), error);
+  auto longer = p::encode_write("/x", p::shared_tree{.offset = at, .bytes = tree.size() + 1}, {});
+  expect_protocol_error([&] { p::decode_write(longer, a.resolve()); }, "trailing");
+  // Garbage where the place points: rejected like a hostile frame.
+  std::memset(a.bytes.data() + at, 0xFF, tree.size());
+  BOOST_CHECK_THROW(p::decode_write(payload, a.resolve()), error);
+  // An unknown form byte.
+  auto bad = payload;
+  bad[4 + 11 + 4 + 2 * (4 + 1)] = std::byte{2};
+  expect_protocol_error([&] { p::decode_write(bad, a.resolve()); }, "form 2 is unknown");
+  // Every truncation of the short payload is rejected.
+  for (std::size_t n = 0; n < payload.size(); ++n)
+    BOOST_CHECK_THROW(p::decode_write(std::span(payload.data(), n), a.resolve()), error);
 }
 
 BOOST_AUTO_TEST_CASE(deep_nesting_is_capped) {

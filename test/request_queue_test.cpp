@@ -5,6 +5,7 @@
 
 #include <span>
 
+#include "core/placement.hpp"
 #include "ipc/protocol.hpp"
 #include "ipc/segment.hpp"
 #include "parent/request_queue.hpp"
@@ -75,6 +76,51 @@ BOOST_FIXTURE_TEST_CASE(a_frame_encoded_before_its_id_gets_the_id_through_the_co
   BOOST_TEST(unencoded->frame.empty());
   q.encode(*unencoded);
   BOOST_TEST(frame_id(unencoded->frame) == unencoded->id);
+}
+
+BOOST_FIXTURE_TEST_CASE(a_tree_with_a_placed_descriptor_is_sent_as_its_place, fixture) {
+  dict tree;
+  for (int i = 0; i < 300; ++i)
+    tree.insert_or_assign("layer" + std::to_string(i), seg.make_tensor(dtype::f32, {4}));
+  const dict tensors = tree;  // keeps the tensors' room taken to the end, unmarked
+  const auto free_before = seg.free_bytes();
+  auto placed = q.place_tree(tree);
+  BOOST_TEST(seg.free_bytes() < free_before);  // the descriptor took room in the segment
+  detail::dict_placement::set(tree, 12345, placed);
+  BOOST_TEST(q.placed(tree) == placed.get());
+  placed.reset();  // the tree holds it now
+
+  auto j = write_job("/ckpt/a");
+  j->prepared = tree;  // a copy shares the descriptor
+  q.encode(*j);
+  const auto header = p::decode_header(
+      std::span<const std::byte, p::header_size>(j->frame.data(), p::header_size));
+  BOOST_TEST(header.payload_bytes < 64u);  // path, kwargs and the place: not 300 tensors
+  auto resolve = [this](std::uint64_t off, std::uint64_t len) { return seg.resolve(off, len); };
+  auto back = p::decode_write(std::span(j->frame).subspan(p::header_size), resolve);
+  BOOST_TEST(back.path == "/ckpt/a");
+  BOOST_TEST((back.state == tree));
+
+  // A change clears the mark and the descriptor with it: the tree then travels in the frame.
+  auto changed = write_job("/ckpt/b");
+  changed->prepared = tree;
+  changed->prepared.insert_or_assign("extra", value(std::int64_t{1}));
+  BOOST_TEST(q.placed(changed->prepared) == nullptr);
+  q.encode(*changed);
+  back = p::decode_write(std::span(changed->frame).subspan(p::header_size), resolve);
+  BOOST_TEST(back.state.size() == 301u);
+  BOOST_TEST(back.state.at("extra").as_int() == 1);
+
+  // A mark of another segment is not this queue's: no descriptor is used.
+  dict other = tree;
+  detail::dict_placement::set(other, 999, q.place_tree(tree));
+  BOOST_TEST(q.placed(other) == nullptr);
+
+  // The room comes back when the last copy of the marked tree is gone.
+  other = {};
+  tree = {};
+  j.reset();
+  BOOST_TEST(seg.free_bytes() == free_before);
 }
 
 BOOST_FIXTURE_TEST_CASE(a_terminate_job_encodes_as_a_bodiless_terminate_frame, fixture) {

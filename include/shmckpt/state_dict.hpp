@@ -206,7 +206,10 @@ class dict {
   };
   void check_key(std::string_view key) const;
   const value* find_const(std::string_view key) const noexcept;
-  void unmark() noexcept { placement_mark_ = 0; }
+  void unmark() noexcept {
+    placement_mark_ = 0;
+    placement_tree_.reset();
+  }
 
   std::vector<item> items_;
   std::unordered_map<std::string, std::size_t, key_hash, std::equal_to<>> index_;
@@ -216,6 +219,9 @@ class dict {
   // write() need not walk it. Copies keep it; every non-const member clears it, because any
   // change to the tree below starts with a non-const access of this root.
   std::uint64_t placement_mark_ = 0;
+  // With a mark from checkpoint_process::mark_shared: the tree's descriptor, encoded once into
+  // the same segment (opaque here; lib/core/placement.hpp), so that write() sends only its place.
+  std::shared_ptr<const void> placement_tree_;
 };
 
 /// What a value holds. (Values are append-only: tools print and compare them.)

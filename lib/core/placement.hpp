@@ -9,7 +9,9 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "shmckpt/state_dict.hpp"
 
@@ -19,10 +21,31 @@ class checkpoint_process;
 
 namespace shmckpt::detail {
 
+/// A marked tree's descriptor (protocol::encode_tree) in the segment the mark names: `bytes`
+/// bytes at `offset`, kept allocated by `block` as long as a copy of the tree holds it.
+struct placed_tree {
+  std::shared_ptr<std::byte> block;
+  std::uint64_t offset = 0;
+  std::uint64_t bytes = 0;
+};
+
 struct dict_placement {
   static std::uint64_t get(const dict& d) noexcept { return d.placement_mark_; }
+  /// Marks `d` without a descriptor (a tree write() will encode when it is sent).
   static void set(dict& d, std::uint64_t segment_number) noexcept {
     d.placement_mark_ = segment_number;
+    d.placement_tree_.reset();
+  }
+  /// Marks `d` with its descriptor, placed in the same segment.
+  static void set(dict& d, std::uint64_t segment_number,
+                  std::shared_ptr<const placed_tree> tree) noexcept {
+    d.placement_mark_ = segment_number;
+    d.placement_tree_ = std::move(tree);
+  }
+  /// The descriptor of a marked `d`, or null.
+  static const placed_tree* tree(const dict& d) noexcept {
+    return d.placement_mark_ == 0 ? nullptr
+                                  : static_cast<const placed_tree*>(d.placement_tree_.get());
   }
 };
 

@@ -219,6 +219,7 @@ dict::dict(const dict& o) {
   index_ = o.index_;
   keys_ = o.keys_;
   placement_mark_ = o.placement_mark_;  // the copy's tensors are the same views
+  placement_tree_ = o.placement_tree_;
 }
 dict::dict(dict&&) noexcept = default;
 dict& dict::operator=(const dict& o) {

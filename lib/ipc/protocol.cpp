@@ -380,12 +380,30 @@ init_request decode_init(std::span<const std::byte> payload) {
   return out;
 }
 
+std::vector<std::byte> encode_tree(const state_dict& sd, const offset_function& offset_of) {
+  byte_writer w;
+  encode_dict(w, sd, offset_of, 1);  // the root dict is level 1
+  return w.take();
+}
+
 std::vector<std::byte> encode_write(const std::string& path, const state_dict& sd,
                                     const kwargs& kw, const offset_function& offset_of) {
   byte_writer w;
   w.put_string(path);
   w.put_kwargs(kw);
-  encode_dict(w, sd, offset_of, 1);  // the root dict is level 1
+  w.put(tree_form::in_frame);
+  encode_dict(w, sd, offset_of, 1);
+  return w.take();
+}
+
+std::vector<std::byte> encode_write(const std::string& path, const shared_tree& tree,
+                                    const kwargs& kw) {
+  byte_writer w;
+  w.put_string(path);
+  w.put_kwargs(kw);
+  w.put(tree_form::in_segment);
+  w.put<std::uint64_t>(tree.offset);
+  w.put<std::uint64_t>(tree.bytes);
   return w.take();
 }
 
@@ -396,7 +414,23 @@ write_request decode_write(std::span<const std::byte> payload, const resolve_fun
   if (out.path.empty()) fail("checkpoint path is empty");
   if (out.path.find('\0') != std::string::npos) fail("checkpoint path contains a NUL byte");
   out.kw = r.get_kwargs("write kwargs");
-  out.state = decode_dict(r, resolve, 1);
+  const auto form = r.get<tree_form>("state dict form");
+  if (form == tree_form::in_frame) {
+    out.state = decode_dict(r, resolve, 1);
+  } else if (form == tree_form::in_segment) {
+    const auto offset = r.get<std::uint64_t>("state dict offset");
+    const auto bytes = r.get<std::uint64_t>("state dict length");
+    if (bytes > max_payload_bytes)
+      fail("state dict in the segment claims " + std::to_string(bytes) +
+           " bytes, over the limit of " + std::to_string(max_payload_bytes));
+    // The same bounded decoder as for a frame: the bytes are the parent's, read where they lie.
+    byte_reader tree(resolve(offset, bytes));
+    out.state = decode_dict(tree, resolve, 1);
+    tree.expect_end("state dict in the segment");
+  } else {
+    fail("state dict form " + std::to_string(static_cast<unsigned>(form)) +
+         " is unknown (0: in the frame, 1: in the segment)");
+  }
   r.expect_end("WRITE_CHECKPOINT payload");
   return out;
 }

@@ -20,7 +20,9 @@
 // and the `errc` codes of a RESPONSE are never renumbered or reused, only added.
 //
 // Version history: 1 — INIT, PING, WRITE_CHECKPOINT, TERMINATE, RESPONSE. 2 — adds PROGRESS
-// (child → parent), which lets the parent tell a slow child from a hung one.
+// (child → parent), which lets the parent tell a slow child from a hung one, and the int-keyed
+// dict and tuple tags. 3 — WRITE_CHECKPOINT says where its state dict descriptor lies: in the
+// frame, or in the shared segment (a tree marked once, written many times).
 #pragma once
 
 #include <cstddef>
@@ -39,7 +41,7 @@
 namespace shmckpt::protocol {
 
 inline constexpr std::uint32_t frame_magic = 0x4B434853u;  // "SHCK" as little-endian bytes
-inline constexpr std::uint16_t protocol_version = 2;  // 2: int-keyed dict and tuple tags, PROGRESS
+inline constexpr std::uint16_t protocol_version = 3;  // 3: a WRITE's tree may lie in the segment
 inline constexpr std::size_t header_size = 24;
 /// Largest payload either side accepts (a descriptor of ~10 million tensors).
 inline constexpr std::uint32_t max_payload_bytes = 512u << 20;
@@ -149,8 +151,28 @@ using offset_function = std::function<std::uint64_t(const tensor&)>;
 using resolve_function = std::function<std::span<std::byte>(std::uint64_t offset,
                                                              std::uint64_t length)>;
 
+/// Where a WRITE_CHECKPOINT's state dict descriptor lies (a `u8` after the kwargs; version 3).
+enum class tree_form : std::uint8_t {
+  in_frame = 0,    // the descriptor follows in the payload
+  in_segment = 1,  // `u64` offset and `u64` length of the descriptor in the shared segment
+};
+
+/// A state dict descriptor (encode_tree's bytes) placed in the shared segment.
+struct shared_tree {
+  std::uint64_t offset = 0;
+  std::uint64_t bytes = 0;
+};
+
+/// The descriptor of `sd` alone, as a WRITE_CHECKPOINT carries it in the frame: the bytes a
+/// `shared_tree` holds. Throws error(invalid_argument) for a tree the codec cannot carry.
+std::vector<std::byte> encode_tree(const state_dict& sd, const offset_function& offset_of);
+/// A WRITE_CHECKPOINT payload with the descriptor in the frame.
 std::vector<std::byte> encode_write(const std::string& path, const state_dict& sd,
                                     const kwargs& kw, const offset_function& offset_of);
+/// A WRITE_CHECKPOINT payload that names a descriptor already in the segment: tens of bytes
+/// whatever the tensor count. The child decodes it where it lies, with the same bounds checks.
+std::vector<std::byte> encode_write(const std::string& path, const shared_tree& tree,
+                                    const kwargs& kw);
 write_request decode_write(std::span<const std::byte> payload, const resolve_function& resolve);
 
 std::vector<std::byte> encode_response(const response& r);

@@ -267,9 +267,9 @@ void checkpoint_process::impl::wait_ready() {
   }
 }
 
-// Queues `j` (its frame already encoded by the caller, or not), or sends it at once when its
-// frame is ready and nothing is ahead of it.
-void checkpoint_process::impl::enqueue(std::shared_ptr<job> j) {
+// Queues `j` (its frame already encoded by the caller, or not), or, with send_if_idle, sends it
+// at once when its frame is ready and nothing is ahead of it.
+void checkpoint_process::impl::enqueue(std::shared_ptr<job> j, enqueue_mode mode) {
   std::lock_guard g(m);
   if (closing()) {
     j->done.set_exception(std::make_exception_ptr(
@@ -282,7 +282,8 @@ void checkpoint_process::impl::enqueue(std::shared_ptr<job> j) {
     return;
   }
   requests.assign_id(*j);
-  if (j->at == job::stage::encoded && requests.idle() && usable_locked()) {
+  if (mode == enqueue_mode::send_if_idle && j->at == job::stage::encoded && requests.idle() &&
+      usable_locked()) {
     // Nothing is ahead of it on the submit thread: send it from this thread, saving two
     // thread hops (to the submit thread and to the io thread) per request.
     send_locked(j);
@@ -411,15 +412,24 @@ std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path
   j->path = std::move(path);
   j->kw = std::move(kw);
   auto f = j->done.get_future();
+  auto mode = impl::enqueue_mode::send_if_idle;
   try {
     auto& q = impl_->requests;  // its preparation members need no lock
     if (q.marked_shared(sd) || q.all_shared(sd)) {
       // Zero-copy hand-off: nothing to copy, so the tree moves into the job; with the placement
       // mark (a stager snapshot, mark_shared) not even walked here, so the caller returns in
-      // microseconds whatever the tensor count. A small tree is encoded here, so that its frame
-      // can leave from this thread; a larger one on the submit thread.
+      // microseconds whatever the tensor count. A small tree encodes in a microsecond, and its
+      // frame leaves from this thread. A tree marked by mark_shared carries its descriptor in the
+      // segment: its frame (tens of bytes) is made here too, but leaves from the submit thread,
+      // because waking that thread costs this caller less than waking the child
+      // (docs/benchmarks.md). Any other tree is encoded on the submit thread.
       j->prepared = std::move(sd);
-      if (request_queue::small_tree(j->prepared)) q.encode(*j);
+      if (q.placed(j->prepared)) {
+        q.encode(*j);
+        mode = impl::enqueue_mode::via_submit_thread;
+      } else if (request_queue::small_tree(j->prepared)) {
+        q.encode(*j);
+      }
     } else {
       j->prepared = q.share(sd);  // the copy of private tensors happens here, in the caller
       q.encode(*j);
@@ -428,7 +438,7 @@ std::future<void> checkpoint_process::write(state_dict sd, std::filesystem::path
     j->done.set_exception(std::current_exception());
     return f;
   }
-  impl_->enqueue(std::move(j));
+  impl_->enqueue(std::move(j), mode);
   return f;
 }
 
@@ -462,7 +472,18 @@ bool checkpoint_process::is_shared(const tensor& t) const noexcept {
 bool checkpoint_process::mark_shared(state_dict& sd) const {
   if (impl_->requests.marked_shared(sd)) return true;
   if (!impl_->requests.all_shared(sd)) return false;  // also false for a tree nested too deeply
-  detail::dict_placement::set(sd, impl_->segment_number);
+  if (request_queue::small_tree(sd)) {
+    detail::dict_placement::set(sd, impl_->segment_number);
+    return true;
+  }
+  // A larger tree's descriptor goes into the segment once, so that every write() of it sends
+  // tens of bytes from the caller's thread. Without room for it (or for a tree the codec will
+  // refuse, which write() then reports), the mark alone still spares write() the walk.
+  try {
+    detail::dict_placement::set(sd, impl_->segment_number, impl_->requests.place_tree(sd));
+  } catch (const error&) {
+    detail::dict_placement::set(sd, impl_->segment_number);
+  }
   return true;
 }
 

@@ -1,6 +1,7 @@
 #include "parent/request_queue.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 
 #include "core/placement.hpp"
@@ -77,12 +78,29 @@ bool request_queue::small_tree(const dict& d) {
   return at_most_values(d, budget);
 }
 
+const placed_tree* request_queue::placed(const dict& d) const noexcept {
+  return marked_shared(d) ? dict_placement::tree(d) : nullptr;
+}
+
+std::shared_ptr<const placed_tree> request_queue::place_tree(const dict& d) {
+  auto bytes = protocol::encode_tree(d, [this](const tensor& t) { return seg_.offset_of(t.data()); });
+  auto block = seg_.allocate(bytes.size());
+  std::memcpy(block.get(), bytes.data(), bytes.size());
+  const auto offset = seg_.offset_of(block.get());
+  return std::make_shared<const placed_tree>(
+      placed_tree{.block = std::move(block), .offset = offset, .bytes = bytes.size()});
+}
+
 void request_queue::encode(job& j) const {
   std::vector<std::byte> payload;
-  if (j.type == proto_type::write_checkpoint)
-    payload = protocol::encode_write(j.path.string(), j.prepared, j.kw, [this](const tensor& t) {
-      return seg_.offset_of(t.data());
-    });
+  if (j.type == proto_type::write_checkpoint) {
+    if (const placed_tree* t = placed(j.prepared))
+      payload = protocol::encode_write(j.path.string(), {.offset = t->offset, .bytes = t->bytes},
+                                       j.kw);
+    else
+      payload = protocol::encode_write(j.path.string(), j.prepared, j.kw,
+                                       [this](const tensor& t) { return seg_.offset_of(t.data()); });
+  }
   j.frame = protocol::make_frame(j.type, j.id, payload);
   j.at = job::stage::encoded;
 }

@@ -46,6 +46,8 @@ class segment;
 
 namespace shmckpt::detail {
 
+struct placed_tree;
+
 struct job {
   enum class stage {
     awaiting_state_dict,  // `pending` is not produced yet
@@ -84,8 +86,14 @@ class request_queue {
   /// Whether `d` is small enough (at most 64 values) to encode in the caller of write(): about a
   /// microsecond, so the frame leaves from that thread without waking another.
   static bool small_tree(const dict& d);
+  /// The descriptor `d` carries in this segment (checkpoint_process::mark_shared), or null.
+  const placed_tree* placed(const dict& d) const noexcept;
+  /// Encodes `d` (every tensor in the segment) into a new block of the segment, for a mark.
+  /// Throws what the codec throws, and error(no_space) when the segment has no room.
+  std::shared_ptr<const placed_tree> place_tree(const dict& d);
   /// Encodes `j` (a WRITE_CHECKPOINT of `prepared` to `path`, or a bodiless request) with its
-  /// current id into `frame`; stage becomes `encoded`. Throws what the codec throws (a tree too
+  /// current id into `frame`; stage becomes `encoded`. A tree with a placed descriptor is sent
+  /// as its place (tens of bytes, in microseconds). Throws what the codec throws (a tree too
   /// deep, a string too long, a payload over the limit).
   void encode(job& j) const;
   /// For a produced state dict: `prepared` = share(sd), then encode.

@@ -173,7 +173,11 @@ struct checkpoint_process::impl {
   void submit(const std::shared_ptr<job>& j);
   void send_locked(const std::shared_ptr<job>& j);
   void wait_ready();
-  void enqueue(std::shared_ptr<job> j);
+  // How enqueue() may dispatch an encoded job: from the calling thread when nothing is ahead of
+  // it (a round trip two thread hops shorter), or always through the submit thread (the caller
+  // returns sooner: waking a thread of this process is cheaper than waking the child).
+  enum class enqueue_mode { send_if_idle, via_submit_thread };
+  void enqueue(std::shared_ptr<job> j, enqueue_mode mode = enqueue_mode::send_if_idle);
   void close() noexcept;
 
   // ---- child_events.cpp: the io thread's handlers (start_clock_locked: any thread, m held) ----
