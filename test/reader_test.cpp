@@ -21,6 +21,7 @@
 #include "shmckpt/reader.hpp"
 #include "shmckpt/writer.hpp"
 #include "reader_support.hpp"
+#include "storage/huge_page_watch.hpp"
 
 using namespace shmckpt;
 using shmckpt_test::random_tensor;
@@ -439,4 +440,41 @@ BOOST_AUTO_TEST_CASE(list_entries_gives_contiguous_entries_with_checksums) {
   std::vector<std::string> keys;
   for (const auto& [k, v] : read(file)) keys.push_back(k);
   BOOST_TEST((keys == std::vector<std::string>{"x", "y", "z"}));
+}
+
+// The copying read faults its memory in chunks while huge pages come quickly and gives every
+// share's rest 4 KiB pages from the first slow chunk (lib/storage/huge_page_watch.hpp). The
+// machine decides what "slow" is, so the decision is tested with rates no machine reaches.
+BOOST_AUTO_TEST_CASE(huge_page_watch_switches_every_share_to_small_pages_after_a_slow_chunk) {
+  using shmckpt::detail::huge_page_watch;
+  constexpr std::size_t n = 4 * huge_page_watch::chunk;
+  void* m = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  BOOST_REQUIRE(m != MAP_FAILED);
+  auto* p = static_cast<std::byte*>(m);
+  const std::size_t c = huge_page_watch::chunk;
+
+  // No huge pages asked for: nothing is watched, every share is read in one piece.
+  BOOST_TEST(huge_page_watch(false).settled());
+
+  // Every chunk fast (a rate of 0 bytes/s): the watch keeps faulting chunk by chunk.
+  huge_page_watch quick(true, 0.0);
+  bool switched = false;
+  BOOST_TEST(quick.fault_in(p, c, {p + c, n - c}, switched) == 0);
+  BOOST_TEST(!quick.settled());
+  BOOST_TEST(!switched);
+  BOOST_TEST(static_cast<int>(p[c - 1]) == 0);  // faulted in: readable, zero
+
+  // Every chunk slow (10^18 bytes/s): the first fault-in turns the watch to small pages, and
+  // each share advises its own rest once, whether it saw the slow chunk or not.
+  huge_page_watch slow(true, 1e18);
+  bool first = false, second = false;
+  BOOST_TEST(slow.fault_in(p, c, {p + c, c}, first) == 0);
+  BOOST_TEST(slow.settled());
+  BOOST_TEST(slow.switched_to_small_pages());
+  BOOST_TEST(first);
+  BOOST_TEST(slow.fault_in(nullptr, 0, {p + 2 * c, 2 * c}, second) == 0);
+  BOOST_TEST(second);
+  p[n - 1] = std::byte{7};  // the rest is ordinary memory
+  BOOST_TEST(static_cast<int>(p[n - 1]) == 7);
+  ::munmap(m, n);
 }

@@ -37,11 +37,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <span>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -51,6 +54,7 @@
 #include "core/parallel.hpp"
 #include "core/util.hpp"
 #include "core/xxh3.hpp"
+#include "storage/huge_page_watch.hpp"
 
 #ifndef SHMCKPT_VERSION
 #define SHMCKPT_VERSION "unknown"
@@ -223,7 +227,8 @@ class private_copy {
     if (n >= huge_page) {
       auto at = (reinterpret_cast<std::uintptr_t>(p) + huge_page - 1) & ~(huge_page - 1);
       data_ = reinterpret_cast<std::byte*>(at);
-      ::madvise(data_, n, MADV_HUGEPAGE);  // best effort: transparent huge pages may be off
+      // Best effort: transparent huge pages may be off.
+      huge_ = ::madvise(data_, n, MADV_HUGEPAGE) == 0;
     }
   }
   private_copy(const private_copy&) = delete;
@@ -231,11 +236,14 @@ class private_copy {
   ~private_copy() { ::munmap(base_, len_); }
 
   std::byte* data() const noexcept { return data_; }
+  /// Whether the memory was advised for huge pages.
+  bool huge() const noexcept { return huge_; }
 
  private:
   std::byte* base_ = nullptr;
   std::byte* data_ = nullptr;
   std::size_t len_ = 0;
+  bool huge_ = false;
 };
 
 // From this size the data section is read on one thread per CPU: both the page-cache copy and
@@ -247,8 +255,9 @@ constexpr std::size_t parallel_read_from = std::size_t{32} << 20;
 std::shared_ptr<private_copy> read_data_section(const mapped_checkpoint& m) {
   const auto n = static_cast<std::size_t>(m.data_bytes);
   auto copy = std::make_shared<private_copy>(n, m.label);
+  detail::huge_page_watch watch(copy->huge());
   constexpr int ended_early = -1;
-  int e = detail::run_in_shares(n, parallel_read_from, [&](std::size_t from, std::size_t to) {
+  auto read_range = [&](std::size_t from, std::size_t to) {
     std::byte* p = copy->data() + from;
     std::uint64_t off = m.data_offset + from;
     for (std::size_t left = to - from; left > 0;) {
@@ -262,9 +271,30 @@ std::shared_ptr<private_copy> read_data_section(const mapped_checkpoint& m) {
       left -= static_cast<std::size_t>(r);
     }
     return 0;
+  };
+  int e = detail::run_in_shares(n, parallel_read_from, [&](std::size_t from, std::size_t to) {
+    bool switched = false;
+    for (std::size_t at = from; at < to;) {
+      if (watch.settled()) {
+        if (!switched) (void)watch.fault_in(nullptr, 0, {copy->data() + at, to - at}, switched);
+        return read_range(at, to);
+      }
+      const std::size_t end = std::min(to, at + detail::huge_page_watch::chunk);
+      if (int r = watch.fault_in(copy->data() + at, end - at, {copy->data() + end, to - end},
+                                 switched))
+        return r;
+      if (int r = read_range(at, end)) return r;
+      at = end;
+    }
+    return 0;
   });
   if (e == ended_early)
     throw_error(errc::corrupt_data, m.label + ": file ended early (did it shrink while read?)");
+  if (e == ENOMEM)
+    throw_error(errc::no_space, m.label + ": cannot allocate " + format_bytes(n) +
+                                    " for a private copy of its tensors (out of memory); free "
+                                    "memory, or read without copy (the tensors then view the "
+                                    "file's mapping)");
   if (e != 0) throw_error(errc::io_error, m.label + ": read failed: " + os_message(e));
   return copy;
 }
