@@ -34,8 +34,9 @@ namespace shmckpt {
 struct read_options {
   /// Tensors handed out (by `read`, and by `read_into` for placeholders) own private copies of
   /// their bytes instead of viewing the file's mapping. `read` reads the file's whole data
-  /// section into one private allocation (huge pages where the system allows, on one thread per
-  /// CPU from 32 MiB) that all its tensors share: it is freed when the last of them goes.
+  /// section into one private allocation (in huge pages while the system gives them quickly, on
+  /// one thread per CPU from 32 MiB) that all its tensors share: it is freed when the last of
+  /// them goes.
   bool copy = false;
   /// Hash the bytes of every tensor that is read and compare them with the recorded checksum
   /// (error(corrupt_data) naming the first tensor that does not match); `read_into` does so
