@@ -1,6 +1,7 @@
 // report.cpp — see report.hpp.
 #include "report.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -18,8 +19,12 @@ std::string substitute(std::string text, const std::string& key, const std::stri
   return text;
 }
 
+// A number as JSON: null when it is not finite (a window in which a loop never ran gives 0/0),
+// since JSON has no NaN or infinity and a reader of the document would refuse it whole.
+json::value number(double v) { return std::isfinite(v) ? json::value(v) : json::value(nullptr); }
+
 json::object stats_json(const stats& s) {
-  return {{"median", s.median}, {"min", s.min}, {"max", s.max}, {"n", s.n}};
+  return {{"median", number(s.median)}, {"min", number(s.min)}, {"max", number(s.max)}, {"n", s.n}};
 }
 
 }  // namespace
@@ -66,7 +71,8 @@ figure make_figure(const figure_spec& spec, const reading& r) {
   if (spec.baseline) {
     f.baseline_label = substitute(spec.baseline, "{}", r.baseline_detail);
     f.baseline = r.baseline;
-    f.has_ratio = f.value.n > 0 && f.baseline.n > 0;
+    f.has_ratio = f.value.n > 0 && f.baseline.n > 0 && f.baseline.median != 0 &&
+                  std::isfinite(f.value.median / f.baseline.median);
     if (f.has_ratio) f.ratio = f.value.median / f.baseline.median;
   }
   const double bound = spec.bound != 0 ? spec.bound : r.bound;
@@ -165,7 +171,7 @@ void print_json(const std::vector<figure>& figs, const run_summary& run) {
       b["label"] = f.baseline_label;
       o["baseline"] = b;
     }
-    if (f.has_ratio) o["ratio"] = f.ratio;
+    if (f.has_ratio) o["ratio"] = number(f.ratio);
     if (!f.note.empty()) o["note"] = f.note;
     arr.push_back(std::move(o));
   }
@@ -173,7 +179,7 @@ void print_json(const std::vector<figure>& figs, const run_summary& run) {
   for (auto s : run.sizes) sizes.push_back(s);
   json::object root{
       {"command", run.command}, {"machine", run.machine},           {"reps", run.reps},
-      {"sizes", sizes},         {"wall_seconds", run.wall_seconds}, {"figures", arr}};
+      {"sizes", sizes},         {"wall_seconds", number(run.wall_seconds)}, {"figures", arr}};
   std::cout << json::serialize(root) << "\n";
 }
 

@@ -102,7 +102,9 @@ void measure_once(bench& b, setup& u, unsigned threads, int r) {
     // The A/A control: one more idle window as long, against the one just before it.
     compute_load load(threads);
     std::this_thread::sleep_for(std::chrono::duration<double>(window));
-    u.control.push_back(load.stop() * compute_load::flops_per_block / u.idle.back());
+    const double rate = load.stop() * compute_load::flops_per_block;
+    // A window too short for the loop to run at all (a smoke run on a busy machine) has no rate.
+    if (u.idle.back() > 0) u.control.push_back(rate / u.idle.back());
   }
 }
 
