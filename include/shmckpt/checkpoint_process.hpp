@@ -174,8 +174,8 @@ class checkpoint_process {
   /// it is changed (any non-const access of `sd` clears the mark). Returns whether it marked
   /// `sd`. A tree of more than 64 values also gets its descriptor encoded once into the segment
   /// (about 70 bytes per tensor, as long as a copy of the marked tree lives; about 1.5 ms for
-  /// 65 536 tensors), so that each write() of it sends only the descriptor's place, from the
-  /// caller's thread; without room for it, the tree is marked all the same and write() encodes
+  /// 65 536 tensors), so that each write() of it sends only the descriptor's place, whatever
+  /// its tensor count; without room for it, the tree is marked all the same and write() encodes
   /// it as for an unmarked one, on the submit thread. A stager snapshot carries the mark from
   /// the start, without a descriptor. Precondition: no reference or
   /// iterator into `sd` obtained before this call is used to change it afterwards (such a change

@@ -477,7 +477,7 @@ bool checkpoint_process::mark_shared(state_dict& sd) const {
     return true;
   }
   // A larger tree's descriptor goes into the segment once, so that every write() of it sends
-  // tens of bytes from the caller's thread. Without room for it (or for a tree the codec will
+  // tens of bytes instead of the whole tree. Without room for it (or for a tree the codec will
   // refuse, which write() then reports), the mark alone still spares write() the walk.
   try {
     detail::dict_placement::set(sd, impl_->segment_number, impl_->requests.place_tree(sd));

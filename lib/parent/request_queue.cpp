@@ -82,8 +82,12 @@ const placed_tree* request_queue::placed(const dict& d) const noexcept {
   return marked_shared(d) ? dict_placement::tree(d) : nullptr;
 }
 
+protocol::offset_function request_queue::offset_in_segment() const {
+  return [this](const tensor& t) { return seg_.offset_of(t.data()); };
+}
+
 std::shared_ptr<const placed_tree> request_queue::place_tree(const dict& d) {
-  auto bytes = protocol::encode_tree(d, [this](const tensor& t) { return seg_.offset_of(t.data()); });
+  auto bytes = protocol::encode_tree(d, offset_in_segment());
   auto block = seg_.allocate(bytes.size());
   std::memcpy(block.get(), bytes.data(), bytes.size());
   const auto offset = seg_.offset_of(block.get());
@@ -98,8 +102,7 @@ void request_queue::encode(job& j) const {
       payload = protocol::encode_write(j.path.string(), {.offset = t->offset, .bytes = t->bytes},
                                        j.kw);
     else
-      payload = protocol::encode_write(j.path.string(), j.prepared, j.kw,
-                                       [this](const tensor& t) { return seg_.offset_of(t.data()); });
+      payload = protocol::encode_write(j.path.string(), j.prepared, j.kw, offset_in_segment());
   }
   j.frame = protocol::make_frame(j.type, j.id, payload);
   j.at = job::stage::encoded;

@@ -150,6 +150,9 @@ class request_queue {
   static void abandon_pending(job& j);
 
  private:
+  /// Maps a tensor in the segment to its offset there, for the codec.
+  protocol::offset_function offset_in_segment() const;
+
   segment& seg_;
   const std::uint64_t segment_number_;
   std::uint64_t next_id_ = 1;
