@@ -2,10 +2,13 @@
 
     dist_rank.py MODE DIR      (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE in the environment)
 
-Prints one JSON line with what this rank saw. Ranks stay alive until every rank is done with
-the store (rank 0 hosts its server), through keys of the test's own.
+The test process hosts the job's TCPStore on MASTER_PORT; every rank joins it as a client.
+Prints one JSON line with what this rank saw. Rank 0 leaves last, through keys of the test's
+own. SIGABRT prints every thread's Python stack to stderr before the rank dies, which the test
+uses to show where a failed job's ranks were.
 """
 import datetime
+import faulthandler
 import json
 import os
 import signal
@@ -17,7 +20,12 @@ import torch.distributed as dist
 import shmckpt
 
 mode, root = sys.argv[1], sys.argv[2]
-dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+faulthandler.enable(all_threads=True)
+_timeout = datetime.timedelta(seconds=120)
+_rank, _world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+_store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), _world, False,
+                       _timeout)
+dist.init_process_group("gloo", store=_store, rank=_rank, world_size=_world, timeout=_timeout)
 rank, world = dist.get_rank(), dist.get_world_size()
 store = dist.distributed_c10d._get_default_store()
 out = {"rank": rank}
@@ -28,7 +36,7 @@ def sd(step):
 
 
 def done_and_wait():
-    # Every rank tells it is done; rank 0 (the store's server) leaves last.
+    # Every rank tells it is done; rank 0 leaves last.
     store.set(f"test/done/{rank}", "1")
     if rank == 0:
         store.wait([f"test/done/{r}" for r in range(world) if r != 0], datetime.timedelta(seconds=120))
@@ -136,5 +144,10 @@ elif mode == "mix":
     except shmckpt.Error as e:
         out["close"] = str(e)
     done_and_wait()
+elif mode == "crash":
+    # For the harness's own test: rank 1 fails while the others wait for a key it never sets.
+    if rank == 1:
+        raise SystemExit("rank 1 fails on purpose")
+    store.wait(["test/never"], datetime.timedelta(seconds=120))
 print(json.dumps(out), flush=True)
 os._exit(0)

@@ -1,45 +1,77 @@
 """Commits through torch.distributed's store: 3 ranks (gloo, CPU), each its own process."""
+import concurrent.futures
+import datetime
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import shmckpt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def run_ranks(mode, root, world=3, timeout=240, may_die=()):
+    """Runs `world` ranks of dist_rank.py MODE and returns what each printed.
 
-
-def run_ranks(mode, root, world=3, timeout=240):
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+    The test hosts the job's store itself, on a port the kernel picks and that stays bound until
+    every rank is gone, so no other process can take the port between choosing and binding it.
+    A rank that fails (other than those in `may_die`) or a job still running after `timeout`
+    seconds ends the run at once: every rank still alive is made to print its Python stacks
+    (SIGABRT, through faulthandler) and the test fails with every rank's output, rather than
+    the others running through their own timeouts one after another.
+    """
+    server = dist.TCPStore("127.0.0.1", 0, world, True, datetime.timedelta(seconds=timeout),
+                           wait_for_workers=False)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(server.port),
                WORLD_SIZE=str(world))
-    procs = []
-    for r in range(world):
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "dist_rank.py"), mode, str(root)],
-            env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-    results = {}
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "dist_rank.py"), mode, str(root)],
+        env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in range(world)]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=world)
+    outputs = {pool.submit(p.communicate): r for r, p in enumerate(procs)}
+    deadline = time.monotonic() + timeout
+    failure = None
     try:
-        for r, p in enumerate(procs):
-            out, err = p.communicate(timeout=timeout)
-            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-            results[r] = {"returncode": p.returncode,
-                          "out": json.loads(lines[-1]) if lines else None, "stderr": err}
+        pending = set(outputs)
+        while pending and failure is None:
+            done, pending = concurrent.futures.wait(
+                pending, timeout=max(0.0, deadline - time.monotonic()),
+                return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                failure = f"ranks still running after {timeout} s"
+            for f in done:
+                r = outputs[f]
+                if procs[r].returncode != 0 and r not in may_die:
+                    failure = f"rank {r} exited with {procs[r].returncode}"
+        if failure is not None:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGABRT)  # faulthandler prints the stacks, then exits
+            concurrent.futures.wait(outputs, timeout=30)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
+        pool.shutdown(wait=True)
+        del server
+    results = {}
+    for f, r in outputs.items():
+        out, err = f.result()
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        results[r] = {"returncode": procs[r].returncode,
+                      "out": json.loads(lines[-1]) if lines else None, "stderr": err, "raw": out}
+    if failure is not None:
+        pytest.fail(f"{mode}: {failure}\n" + "\n".join(
+            f"--- rank {r} (exit {results[r]['returncode']}) ---\n{results[r]['raw']}"
+            f"\n{results[r]['stderr']}" for r in sorted(results)))
     return results
 
 
@@ -91,7 +123,7 @@ def test_the_file_barrier_would_have_needed_the_commit_directory(tmp_path):
 
 
 def test_a_rank_killed_before_arriving_fails_the_others_naming_it(tmp_path):
-    res = run_ranks("killed", tmp_path)
+    res = run_ranks("killed", tmp_path, may_die=(2,))
     assert res[2]["returncode"] == -9
     for r in (0, 1):
         out = res[r]["out"]
@@ -141,3 +173,17 @@ def test_an_explicit_store_is_used_by_a_single_rank(tmp_path):
     assert (tmp_path / "a" / "checkpoint.json").exists()
     assert (tmp_path / "b" / "checkpoint.json").exists()
     assert store.num_keys() > 0  # the commit went through it
+
+
+def test_a_failed_rank_ends_the_job_at_once_and_shows_where_the_others_wait(tmp_path):
+    # The harness's own check: rank 1 exits while ranks 0 and 2 wait for a store key it never
+    # sets (for 120 s). The run must end with rank 1's error and the stacks of the ranks still
+    # waiting, which they print only when the harness stops them.
+    with pytest.raises(pytest.fail.Exception) as failed:
+        run_ranks("crash", tmp_path)
+    text = str(failed.value)
+    assert "rank 1 exited with 1" in text
+    assert "rank 1 fails on purpose" in text
+    for r in (0, 2):
+        part = text.split(f"--- rank {r} ")[1].split("--- rank ")[0]
+        assert "Fatal Python error: Aborted" in part and 'dist_rank.py", line' in part, part
