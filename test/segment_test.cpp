@@ -7,7 +7,9 @@
 #include <cstring>
 #include <fstream>
 #include <filesystem>
+#include <iterator>
 #include <set>
+#include <string>
 
 #include "shmckpt/error.hpp"
 #include "ipc/segment.hpp"
@@ -212,4 +214,66 @@ BOOST_AUTO_TEST_CASE(a_capped_segment_stops_at_its_cap_naming_it) {
   auto fixed = segment::create(1u << 20);
   BOOST_CHECK_THROW((void)fixed.allocate(2u << 20), error);
   BOOST_TEST(fixed.size() == (1u << 20));
+}
+
+// The value of `key` ("VmFlags", "ShmemPmdMapped", ...) in /proc/self/smaps for the mapping that
+// contains `p`: the rest of its line, or "" when there is no such mapping or key.
+std::string smaps_value(const void* p, const std::string& key) {
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  auto addr = reinterpret_cast<std::uintptr_t>(p);
+  while (std::getline(in, line)) {
+    std::uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      inside = addr >= lo && addr < hi;
+      continue;
+    }
+    if (inside && line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
+  }
+  return "";
+}
+
+// The bracketed choice in /sys/kernel/mm/transparent_hugepage/shmem_enabled ("" without THP).
+std::string shmem_huge_setting() {
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto a = all.find('['), b = all.find(']');
+  return a == std::string::npos || b == std::string::npos ? "" : all.substr(a + 1, b - a - 1);
+}
+
+BOOST_AUTO_TEST_CASE(every_mapping_of_a_segment_is_2mib_aligned_and_advised_for_huge_pages) {
+  constexpr std::uintptr_t huge = 2u << 20;
+  auto seg = segment::create(segment_options{.initial_bytes = 8u << 20, .max_bytes = 0});
+  auto child = segment::attach(::fcntl(seg.fd(), F_DUPFD_CLOEXEC, 0), seg.size());
+  // File offset k * 2 MiB at a 2 MiB boundary in both processes: a huge page maps whole.
+  BOOST_TEST(reinterpret_cast<std::uintptr_t>(seg.base()) % huge == 0u);
+  BOOST_TEST(reinterpret_cast<std::uintptr_t>(child.base()) % huge == 0u);
+  // A grown tail is advised too, on both sides.
+  auto big = seg.allocate(12u << 20);
+  std::memset(big.get(), 0x42, 12u << 20);
+  auto view = child.resolve(seg.offset_of(big.get()), 12u << 20);
+  BOOST_TEST(static_cast<int>(view[(12u << 20) - 1]) == 0x42);
+  const std::string setting = shmem_huge_setting();
+  if (setting.empty()) {
+    BOOST_TEST_MESSAGE("no transparent huge pages in this kernel: only the alignment is checked");
+    return;
+  }
+  for (const void* p : {static_cast<const void*>(seg.base()), static_cast<const void*>(big.get()),
+                        static_cast<const void*>(child.base()),
+                        static_cast<const void*>(view.data())}) {
+    std::string flags = smaps_value(p, "VmFlags");
+    BOOST_TEST_INFO("VmFlags of the mapping at " << p << ":" << flags);
+    BOOST_TEST(flags.find(" hg") != std::string::npos);
+  }
+  if (setting == "advise" || setting == "always" || setting == "within_size" ||
+      setting == "force") {
+    // The system gives shmem huge pages to advised mappings: the prefaulted memory is in them.
+    std::uint64_t kb = 0;
+    std::sscanf(smaps_value(seg.base(), "ShmemPmdMapped").c_str(), "%lu", &kb);
+    BOOST_TEST_INFO("shmem_enabled is " << setting);
+    BOOST_TEST(kb >= 2048u);
+  } else {
+    BOOST_TEST_MESSAGE("shmem_enabled is '" << setting << "': the advice is checked, not its effect");
+  }
 }

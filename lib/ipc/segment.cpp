@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -56,6 +57,8 @@ namespace {
 
 // Allocations at least this large are page aligned (see segment::allocate).
 constexpr std::size_t page_aligned_from = std::size_t{64} << 10;
+// What a reservation's start is aligned to: the PMD size of x86-64 and of arm64 with 4 KiB pages.
+constexpr std::size_t huge_page_alignment = std::size_t{2} << 20;
 
 std::size_t page_size() {
   static const std::size_t p = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
@@ -120,13 +123,24 @@ std::size_t reservation_for(std::size_t max_size, std::size_t at_least) {
   return round_up(r, page_size());
 }
 
+// The range starts at a multiple of huge_page_alignment, so that file offset k * 2 MiB lies at a
+// 2 MiB-aligned address in every process that maps the segment: where the system gives shmem
+// huge pages, each can then be mapped whole (one page-table entry for 2 MiB). The slack is
+// unmapped again.
 std::byte* reserve_range(std::size_t n) {
-  void* p = ::mmap(nullptr, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  const std::size_t slack = huge_page_alignment;
+  void* p =
+      ::mmap(nullptr, n + slack, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED)
     throw_error(errc::no_space, "cannot reserve " + format_bytes(n) +
                                     " of address space for the shared segment: " +
                                     std::strerror(errno));
-  return static_cast<std::byte*>(p);
+  auto* raw = static_cast<std::byte*>(p);
+  std::byte* base = raw + (slack - reinterpret_cast<std::uintptr_t>(raw) % slack) % slack;
+  if (base > raw) ::munmap(raw, static_cast<std::size_t>(base - raw));
+  std::byte* end = raw + n + slack;
+  if (end > base + n) ::munmap(base + n, static_cast<std::size_t>(end - (base + n)));
+  return base;
 }
 
 // Why `bytes` more could not be made memory of the segment (`err`: the errno), and what to do.
@@ -152,6 +166,13 @@ void extend_file(int fd, std::size_t old_size, std::size_t new_size) {
   }
 }
 
+// Maps the file's [from, to) at base + from, advised for transparent huge pages before any page
+// is touched (populate_write faults them in afterwards). Where the system's shmem setting is
+// `advise` (/sys/kernel/mm/transparent_hugepage/shmem_enabled), that advice is what gives the
+// segment 2 MiB pages; under `always` and `within_size` it gets them anyway, under `never` the
+// advice changes nothing. A kernel without transparent huge pages refuses the advice; that is
+// not an error. What huge pages save is measured in docs/benchmarks.md ("Huge pages for the
+// segment").
 void map_tail(std::byte* base, int fd, std::size_t from, std::size_t to, bool populate) {
   int flags = MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0);
   void* p = ::mmap(base + from, to - from, PROT_READ | PROT_WRITE, flags, fd,
@@ -159,6 +180,7 @@ void map_tail(std::byte* base, int fd, std::size_t from, std::size_t to, bool po
   if (p == MAP_FAILED)
     throw_error(errc::no_space, "cannot map " + format_bytes(to - from) +
                                     " of the shared segment: " + std::strerror(errno));
+  ::madvise(p, to - from, MADV_HUGEPAGE);
 }
 
 // Gives [from, to) back to the reservation (PROT_NONE, no memory behind it).

@@ -7,7 +7,9 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -97,6 +99,29 @@ void drop_caches() {
   f << "3";
 }
 
+// The bracketed choice of a sysfs setting such as "always [madvise] never", or "" without one.
+std::string chosen_setting(const char* path) {
+  std::ifstream in(path);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto a = all.find('['), b = all.find(']');
+  return a == std::string::npos || b == std::string::npos || b < a ? ""
+                                                                    : all.substr(a + 1, b - a - 1);
+}
+
+// Two settings that move the figures by several times on the machines measured
+// (docs/benchmarks.md): whether shared memory gets transparent huge pages (the segment asks
+// for them), and how long an idle vCPU of a KVM guest polls before it halts (each wake-up of a
+// halted vCPU is an interrupt the hypervisor delivers).
+std::string memory_and_idle_settings() {
+  std::string out;
+  std::string shmem = chosen_setting("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  if (!shmem.empty()) out += ", shmem huge pages " + shmem;
+  std::ifstream poll("/sys/module/haltpoll/parameters/guest_halt_poll_ns");
+  std::string ns;
+  if (poll >> ns) out += ", guest halt polling " + ns + " ns";
+  return out;
+}
+
 std::string machine_summary(const fs::path& dir) {
   std::ostringstream o;
   std::string cpu = read_first_line_with("/proc/cpuinfo", "model name");
@@ -106,7 +131,7 @@ std::string machine_summary(const fs::path& dir) {
   ::uname(&u);
   o << std::thread::hardware_concurrency() << " CPUs (" << cpu << "), "
     << mem.substr(mem.find_first_not_of(" ", 9)) << " RAM, Linux " << u.release << ", scratch "
-    << dir.string() << " on " << fs_type_name(dir);
+    << dir.string() << " on " << fs_type_name(dir) << memory_and_idle_settings();
   return o.str();
 }
 
