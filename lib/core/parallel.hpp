@@ -9,6 +9,10 @@
 
 namespace shmckpt::detail {
 
+/// The transparent huge page size the library aligns memory to: the PMD size of x86-64, and of
+/// arm64 with 4 KiB pages.
+inline constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
+
 /// Runs `work(from, to)` over [0, n) in shares aligned to 2 MiB (the huge-page size, so that no
 /// two threads fault the same huge page), one share per CPU and at most four; the caller's
 /// thread takes the first. Below `parallel_from` bytes the caller's thread does it all: starting
@@ -18,7 +22,7 @@ namespace shmckpt::detail {
 template <class Work>
 int run_in_shares(std::size_t n, std::size_t parallel_from, Work&& work) noexcept {
   constexpr std::size_t max_threads = 4;
-  constexpr std::size_t align = std::size_t{2} << 20;
+  constexpr std::size_t align = huge_page_bytes;
   if (n == 0) return 0;
   std::size_t threads = 1;
   if (n >= parallel_from)

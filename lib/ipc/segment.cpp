@@ -57,8 +57,6 @@ namespace {
 
 // Allocations at least this large are page aligned (see segment::allocate).
 constexpr std::size_t page_aligned_from = std::size_t{64} << 10;
-// What a reservation's start is aligned to: the PMD size of x86-64 and of arm64 with 4 KiB pages.
-constexpr std::size_t huge_page_alignment = std::size_t{2} << 20;
 
 std::size_t page_size() {
   static const std::size_t p = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
@@ -123,12 +121,12 @@ std::size_t reservation_for(std::size_t max_size, std::size_t at_least) {
   return round_up(r, page_size());
 }
 
-// The range starts at a multiple of huge_page_alignment, so that file offset k * 2 MiB lies at a
-// 2 MiB-aligned address in every process that maps the segment: where the system gives shmem
-// huge pages, each can then be mapped whole (one page-table entry for 2 MiB). The slack is
-// unmapped again.
+// The range starts at a huge-page boundary (detail::huge_page_bytes), so that file offset
+// k * 2 MiB lies at a 2 MiB-aligned address in every process that maps the segment: where the
+// system gives shmem huge pages, each can then be mapped whole (one page-table entry for
+// 2 MiB). The slack is unmapped again.
 std::byte* reserve_range(std::size_t n) {
-  const std::size_t slack = huge_page_alignment;
+  const std::size_t slack = detail::huge_page_bytes;
   void* p =
       ::mmap(nullptr, n + slack, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED)

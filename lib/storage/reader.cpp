@@ -212,7 +212,7 @@ void verify_entry(const mapped_checkpoint& m, const std::byte* data, std::size_t
 // on virtual machines that is most of what a copying load costs (docs/benchmarks.md).
 class private_copy {
  public:
-  static constexpr std::size_t huge_page = std::size_t{2} << 20;
+  static constexpr std::size_t huge_page = detail::huge_page_bytes;
 
   private_copy(std::size_t n, const std::string& label) {
     len_ = n >= huge_page ? n + huge_page : std::max<std::size_t>(n, 1);
